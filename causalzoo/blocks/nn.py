@@ -1,0 +1,142 @@
+"""Flax NNX networks for encoders and decoders.
+
+Networks are built eagerly (NNX style) and attached to a NumPyro model or guide with
+:func:`numpyro.contrib.module.nnx_module`, so their parameters are ordinary ``numpyro.param``
+sites (``"<name>$params"``) that optimisers, ``substitute`` and ``save`` see as plain pytrees.
+LayerNorm rather than BatchNorm: no mutable state, so the same guide works with several
+particles and under ``vmap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpyro
+from flax import nnx
+from numpyro.contrib.module import nnx_module
+
+__all__ = ["MLP", "GaussianEncoder", "attach", "network_rngs"]
+
+_ACTIVATIONS: dict[str, Callable] = {
+    "relu": jax.nn.relu,
+    "gelu": jax.nn.gelu,
+    "silu": jax.nn.silu,
+    "elu": jax.nn.elu,
+    "tanh": jnp.tanh,
+    "leaky_relu": jax.nn.leaky_relu,
+}
+
+
+class MLP(nnx.Module):
+    """A multi-layer perceptron: ``n_layers`` hidden layers of width ``n_hidden``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Input and output widths.
+    n_hidden : int
+        Hidden width.
+    n_layers : int
+        Number of hidden layers (0 gives a linear map).
+    rngs : flax.nnx.Rngs
+        Random streams for initialisation.
+    activation : str
+        One of ``relu, gelu, silu, elu, tanh, leaky_relu``.
+    layer_norm : bool
+        LayerNorm after each hidden linear layer.
+
+    Examples
+    --------
+    >>> from flax import nnx
+    >>> net = MLP(3, 2, n_hidden=8, n_layers=1, rngs=nnx.Rngs(0))
+    >>> net(jnp.ones((4, 3))).shape
+    (4, 2)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        n_hidden: int = 128,
+        n_layers: int = 2,
+        rngs: nnx.Rngs,
+        activation: str = "relu",
+        layer_norm: bool = True,
+    ):
+        widths = [in_features] + [n_hidden] * n_layers
+        self.hidden = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
+        )
+        self.norms = nnx.List(
+            [nnx.LayerNorm(n_hidden, rngs=rngs) for _ in range(n_layers)] if layer_norm else []
+        )
+        self.out = nnx.Linear(widths[-1], out_features, rngs=rngs)
+        self.activation = _ACTIVATIONS[activation]
+
+    def __call__(self, x):
+        for i, layer in enumerate(self.hidden):
+            x = layer(x)
+            if len(self.norms):
+                x = self.norms[i](x)
+            x = self.activation(x)
+        return self.out(x)
+
+
+class GaussianEncoder(nnx.Module):
+    """An MLP returning the location and scale of a diagonal Gaussian.
+
+    The scale is ``softplus(raw) + 1e-4``, which keeps gradients alive where ``exp`` would
+    overflow early in training.
+    """
+
+    def __init__(self, in_features: int, n_latent: int, **mlp_kwargs):
+        self.net = MLP(in_features, 2 * n_latent, **mlp_kwargs)
+
+    def __call__(self, x):
+        loc, raw = jnp.split(self.net(x), 2, axis=-1)
+        return loc, jax.nn.softplus(raw) + 1e-4
+
+
+def network_rngs() -> nnx.Rngs:
+    """Random streams for building a network inside a model or guide.
+
+    Uses NumPyro's current key when a ``seed`` handler is active (so initial weights follow the
+    fit's seed), and a fixed key otherwise. The initial values only matter the first time a
+    parameter is created; afterwards the optimised values are substituted.
+    """
+    key = numpyro.prng_key()
+    return nnx.Rngs(key if key is not None else jax.random.key(0))
+
+
+def attach(name: str, factory: Callable[[nnx.Rngs], nnx.Module]):
+    """Build a network with ``factory(rngs)`` and register its parameters as ``name``.
+
+    Returns the callable network. ``factory`` is called every time the model is traced; under
+    a compiled update the initial weights it draws are dead code and cost nothing.
+    """
+    return nnx_module(name, factory(network_rngs()))
+
+
+NetworkFactory = Callable[..., nnx.Module]
+"""A network factory: ``factory(in_features, out_features, rngs=...) -> nnx.Module``."""
+
+
+def default_factory(n_hidden: int, n_layers: int, activation: str = "relu") -> NetworkFactory:
+    """A factory of :class:`MLP` networks with the given hidden width and depth."""
+
+    def factory(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Module:
+        return MLP(
+            in_features,
+            out_features,
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            rngs=rngs,
+            activation=activation,
+        )
+
+    return factory
+
+

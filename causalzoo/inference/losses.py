@@ -1,0 +1,65 @@
+"""Losses: the ELBO with optional terms outside it (PerturbedVAE's alignment penalty)."""
+
+from __future__ import annotations
+
+from numpyro.handlers import seed, substitute, trace
+from numpyro.infer import Trace_ELBO
+
+__all__ = ["AlignedELBO"]
+
+
+class AlignedELBO(Trace_ELBO):
+    """``-ELBO + alignment * n_cells * mean(guide's alignment site)``.
+
+    The guide records a per-cell deterministic site (``"alignment_distance"`` in the sparse
+    perturbation guide); this loss reads it from a trace of the guide with the same parameters
+    and adds it, scaled to the whole data set like the ELBO's cell terms. With
+    ``alignment=0`` it is exactly :class:`numpyro.infer.Trace_ELBO`.
+
+    ``can_infer_discrete`` is ``True`` because the zoo's only discrete latents (sparse masks)
+    are sampled with straight-through estimators in the guide, which makes them
+    reparameterised; NumPyro's warning about discrete latents does not apply.
+
+    Parameters
+    ----------
+    alignment : float
+        Weight ``alpha`` of the term.
+    site : str
+        Name of the guide's deterministic site holding the per-cell distances.
+    num_particles : int
+        Particles of the ELBO estimate.
+
+    Examples
+    --------
+    >>> loss = AlignedELBO(alignment=0.05)
+    >>> loss.alignment
+    0.05
+    """
+
+    can_infer_discrete = True
+
+    def __init__(self, alignment: float = 0.0, *, site: str = "alignment_distance",
+                 num_particles: int = 1):
+        super().__init__(num_particles=num_particles)
+        self.alignment = float(alignment)
+        self.site = site
+
+    def _penalty(self, rng_key, param_map, guide, args, kwargs):
+        tr = trace(substitute(seed(guide, rng_key), data=param_map)).get_trace(*args, **kwargs)
+        if self.site not in tr:
+            return 0.0
+        distance = tr[self.site]["value"]
+        n_cells = kwargs.get("n_cells") or distance.shape[0]
+        return self.alignment * n_cells * distance.mean()
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        out = super().loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)
+        if self.alignment:
+            out = dict(out)
+            out["loss"] = out["loss"] + self._penalty(rng_key, param_map, guide, args, kwargs)
+        return out
+
+    def loss(self, rng_key, param_map, model, guide, *args, **kwargs):
+        return self.loss_with_mutable_state(
+            rng_key, param_map, model, guide, *args, **kwargs
+        )["loss"]
