@@ -53,11 +53,6 @@ probe() {
 
 find_python() {
     local c exe v
-    if [[ -n "${PYTHON:-}" ]]; then
-        exe="$(probe "$PYTHON")" || die "PYTHON=$PYTHON is not a working Python >= 3.12; unset it or point it at one."
-        printf '%s\n' "$exe"
-        return 0
-    fi
     for c in python3.13 python3.12 python3; do
         if command -v "$c" >/dev/null 2>&1 && exe="$(probe "$c")"; then
             printf '%s\n' "$exe"
@@ -98,7 +93,10 @@ venv_ok() {
 }
 
 if ! venv_ok; then
-    if ! py="$(find_python)"; then
+    if [[ -n "${PYTHON:-}" ]]; then
+        py="$(probe "$PYTHON")" ||
+            die "PYTHON=$PYTHON is not a working Python >= 3.12; unset it or point it at one."
+    elif ! py="$(find_python)"; then
         cat >&2 <<'EOF'
 causalzoo: error: no Python >= 3.12 found (tried $PYTHON, python3.13, python3.12, python3
 and pyenv's versions). Get one in any of these ways, then run this script again:
@@ -140,6 +138,9 @@ fi
 
 # --- environment -----------------------------------------------------------------------
 # JAX picks its platform itself: nothing is forced, so a CUDA set-up keeps working.
+# mkdocs-material prints a long banner about its successor on every build; it is not a
+# warning about these docs.
+export NO_MKDOCS_2_WARNING="${NO_MKDOCS_2_WARNING:-1}"
 if [[ -z "${CAUSALZOO_DATA:-}" && -d "$repo_root/../shared/data" ]]; then
     CAUSALZOO_DATA="$(cd "$repo_root/../shared/data" && pwd)"
     export CAUSALZOO_DATA
@@ -150,6 +151,7 @@ case "$cmd" in
         # Back to the caller's folder so that relative paths (--out my-folder) mean what
         # the caller meant.
         cd "$caller_dir"
+        log "running: causalzoo demo $*"
         exec "$venv/bin/causalzoo" demo "$@"
         ;;
     test)
@@ -164,11 +166,15 @@ case "$cmd" in
         log "building the docs (mkdocs build --strict)"
         site_dir="$(mktemp -d)"
         trap 'rm -rf "$site_dir"' EXIT
-        "$vpy" -m mkdocs build --strict --quiet --site-dir "$site_dir" || {
-            rc=$?
-            log "docs build failed"
-            [[ $status -ne 0 ]] || status=$rc
-        }
+        docs_rc=0
+        "$vpy" -m mkdocs build --strict --site-dir "$site_dir/site" >"$site_dir/build.log" 2>&1 ||
+            docs_rc=$?
+        grep -v -E '^INFO +- +(Cleaning site|Building documentation|Documentation built)' \
+            "$site_dir/build.log" >&2 || true
+        if [[ $docs_rc -ne 0 ]]; then
+            log "docs build failed (mkdocs build --strict fails on any warning)"
+            [[ $status -ne 0 ]] || status=$docs_rc
+        fi
         if [[ $status -ne 0 ]]; then
             log "FAILED (exit $status)"
         else

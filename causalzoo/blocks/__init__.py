@@ -1,1 +1,28 @@
-"""causalzoo.blocks."""
+"""Composable pieces of zoo models: likelihoods, sparsity priors, mechanisms, networks."""
+
+from . import likelihoods, mechanisms, nn, priors
+from .likelihoods import NB, ZINB, Gaussian, Likelihood, Poisson, get_likelihood
+from .mechanisms import LinearGaussianSCM, additive_shift
+from .nn import MLP, GaussianEncoder
+from .priors import BernoulliMask, Horseshoe, SparsityPrior, StraightThroughBernoulli
+
+__all__ = [
+    "likelihoods",
+    "mechanisms",
+    "nn",
+    "priors",
+    "NB",
+    "ZINB",
+    "Gaussian",
+    "Likelihood",
+    "Poisson",
+    "get_likelihood",
+    "LinearGaussianSCM",
+    "additive_shift",
+    "MLP",
+    "GaussianEncoder",
+    "BernoulliMask",
+    "Horseshoe",
+    "SparsityPrior",
+    "StraightThroughBernoulli",
+]

@@ -1,0 +1,459 @@
+#!/usr/bin/env python
+"""Steady-state SVI throughput of causalzoo's engine against a plain NumPyro loop.
+
+A script, not a test: ``python benchmarks/bench_engine.py [--quick] [--batch 256 1024]``.
+Everything is measured in ONE process, on synthetic negative-binomial counts made here with
+NumPy (default 20,000 cells x 2,000 genes, mean ~2.6, ~55% zeros, 50 perturbations plus a
+control group, one-hot design). Compare the *ratios* inside one run: absolute cells/s drift
+with the machine and with whatever else runs on it.
+
+Variants (all fit the same data with ``optax.adam(1e-3)`` and the same loss,
+``AlignedELBO(alignment=0)``, i.e. the plain single-sample ELBO):
+
+``engine``
+    :func:`causalzoo.inference.fit_svi` on the sparse perturbation model
+    (``n_latent_invariant=5, n_latent_response=5, n_hidden=128, n_layers=2``, NB) with its
+    default ``steps_per_call`` (about one epoch, clipped to 50..500) unless ``--steps``.
+``ref-a numpyro jit``
+    The usual user loop on the SAME model and guide: ``svi = SVI(...)``,
+    ``update = jax.jit(svi.update)`` called once per step from Python, each minibatch
+    gathered on the host from the NumPy arrays (epoch permutations), ``block_until_ready``
+    at the end of each timed window.
+``ref-b plain VAE``
+    A plain NB VAE (one encoder ``log1p(x) -> 2*10``, decoder ``10 -> genes``, same widths,
+    no perturbation sites) through the engine: the cost of the sparse-perturbation machinery.
+``engine spc=50`` / ``engine spc=500`` / ``engine no-cond``  (first batch size only)
+    Ablations: ``steps_per_call`` fixed to 50 or 500, and a copy of ``fit_svi`` made in this
+    script (``inspect.getsource`` + one line replaced, ``svi.py`` untouched) whose scan body
+    calls the step directly instead of ``lax.cond(i < n_active, step, skip, state)``.
+    ``--no-ablations`` skips them.
+
+How steady state is timed: **several compiled calls after a warm-up**, not an N-vs-2N
+difference. For the engine, the script stands a clock in for the progress bar of
+``causalzoo.inference.svi`` (``tqdm`` is replaced for the duration of the call), which
+records the time at each ``bar.update``, i.e. once per compiled call, after that call's
+losses reached the host. Call 0 includes compilation (``FitResult.compile_seconds``) and is
+the warm-up; calls 1..R (``--repeats``, default 5) are the R timed windows of
+``steps_per_call`` steps each. For ref-a, one untimed window of the same number of steps
+follows the first (compiling) step, then R windows of the same length are timed, each ended
+by ``block_until_ready``. A window's throughput is ``steps * batch / seconds``; the table
+gives the median over the R windows (min-max). If the clock was not driven as expected (the
+engine changed), the engine row falls back to ``(run_seconds - compile_seconds)`` over
+calls 1..R as one window and says so.
+
+Other columns: ``init s`` is the time before the first compiled call (for the engine
+``fit_svi`` wall time minus ``FitResult.run_seconds``: data to device, first batch,
+``svi.init``, which runs the model and guide op by op; for ref-a ``svi.init``);
+``1st call s`` is ``FitResult.compile_seconds`` (compile + the first call's
+``steps_per_call`` steps) for the engine and the first ``update`` call (compile + 1 step) for
+ref-a.
+
+Roofline: forward multiply-accumulates per cell are counted from the 2-D ``kernel`` leaves of
+the fitted parameters (every dense layer of the encoders and the decoder; the small
+perturbation/SCM products are left out), times 3 for forward + backward, times 2 FLOP per
+MAC. The machine's achievable fp32 GEMM rate is measured in the same run with jitted
+``jnp.matmul`` on the layer shapes (``B x G @ G x 128`` and its weight-gradient shape
+``G x B @ B x 128``, ``B x 128 @ 128 x G``) and 1024^3; the best of those is the
+denominator of ``roof %`` = achieved GFLOP/s / measured GEMM GFLOP/s.
+
+``--mallopt`` sets glibc's ``M_MMAP_THRESHOLD`` 32 MiB, ``M_TRIM_THRESHOLD`` 2 GiB and
+``M_TOP_PAD`` 256 MiB before anything is allocated (the allocator churn that slows per-step
+dispatch, see the peers' measurements); off by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime
+import inspect
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import optax
+from numpyro.infer import SVI
+
+import causalzoo.inference.svi as svi_mod
+from causalzoo.blocks.nn import attach
+from causalzoo.inference.losses import AlignedELBO
+from causalzoo.models.sparse_perturbation import (
+    SparsePerturbationConfig,
+    cells_plate,
+    encoder_input,
+    sparse_perturbation_guide,
+    sparse_perturbation_model,
+)
+
+LEARNING_RATE = 1e-3
+
+
+def _mallopt():
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    libc.mallopt(M_TRIM_THRESHOLD, 2 << 30)
+    libc.mallopt(M_TOP_PAD, 256 << 20)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--cells", type=int, default=None, help="cells (default 20000; 2000 with --quick)")
+    p.add_argument("--genes", type=int, default=None, help="genes (default 2000; 200 with --quick)")
+    p.add_argument("--perturbations", type=int, default=50, help="perturbations (plus a control group)")
+    p.add_argument("--batch", type=int, nargs="+", default=[256], help="batch size(s)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps per timed window = engine steps_per_call (default: the engine's, "
+                        "about one epoch, 50..500)")
+    p.add_argument("--repeats", type=int, default=None, help="timed windows per variant (default 5; 3 with --quick)")
+    p.add_argument("--quick", action="store_true", help="tiny run: 2000 cells x 200 genes, 20-step windows")
+    p.add_argument("--no-ablations", action="store_true", help="skip the steps_per_call / no-cond ablations")
+    p.add_argument("--no-vae", action="store_true", help="skip reference (b), the plain VAE")
+    p.add_argument("--mallopt", action="store_true", help="tuned glibc allocator (see docstring)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", default=None, help="also write the results as JSON to this path")
+    a = p.parse_args(argv)
+    a.cells = a.cells or (2000 if a.quick else 20000)
+    a.genes = a.genes or (200 if a.quick else 2000)
+    a.repeats = a.repeats or (3 if a.quick else 5)
+    if a.quick and a.steps is None:
+        a.steps = 20
+    return a
+
+
+# --------------------------------------------------------------------------- data
+
+
+def make_data(n_cells, n_genes, n_perturbations, seed):
+    """NB counts: gene log-means N(0, 1.3^2) rescaled to mean 2.6, theta 0.6, size factors
+    LogNormal(0, 0.25), each perturbation shifting 5% of genes' log-means by N(0, 0.5^2)."""
+    rng = np.random.default_rng(seed)
+    group = rng.integers(0, n_perturbations + 1, n_cells)  # 0 = control
+    design = np.zeros((n_cells, n_perturbations), np.float32)
+    perturbed = group > 0
+    design[np.nonzero(perturbed)[0], group[perturbed] - 1] = 1.0
+    gene_log_mean = rng.normal(0.0, 1.3, n_genes)
+    gene_log_mean += np.log(2.6) - np.log(np.mean(np.exp(gene_log_mean)))
+    effects = rng.normal(0.0, 0.5, (n_perturbations + 1, n_genes))
+    effects *= rng.random((n_perturbations + 1, n_genes)) < 0.05
+    effects[0] = 0.0
+    size = rng.lognormal(0.0, 0.25, n_cells)
+    size /= size.mean()
+    theta = 0.6
+    x = np.empty((n_cells, n_genes), np.float32)
+    for lo in range(0, n_cells, 2048):
+        hi = min(lo + 2048, n_cells)
+        mu = size[lo:hi, None] * np.exp(gene_log_mean[None] + effects[group[lo:hi]])
+        x[lo:hi] = rng.poisson(rng.gamma(theta, mu / theta))
+    return {"x": x, "design": design, "library_size": x.sum(-1)}
+
+
+# --------------------------------------------------------------------------- models
+
+
+def vae_model(x=None, design=None, library_size=None, *, n_cells=None, config=None, x_control=None):
+    """Plain NB VAE, same widths and likelihood block, no perturbation sites (``design`` unused)."""
+    lik = config.likelihood_block
+    k = config.n_latent_invariant + config.n_latent_response
+    n_genes = x.shape[-1]
+    decoder = attach("decoder", lambda rngs: config.network("decoder")(k, lik.n_outputs * n_genes, rngs=rngs))
+    with cells_plate(x.shape[0], n_cells):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([k]).to_event(1))
+        numpyro.sample("x", lik(decoder(z), library_size).to_event(1), obs=x)
+
+
+def vae_guide(x=None, design=None, library_size=None, *, n_cells=None, config=None, x_control=None):
+    lik = config.likelihood_block
+    k = config.n_latent_invariant + config.n_latent_response
+    encoder = attach("encoder", lambda rngs: config.network("encoder")(x.shape[-1], 2 * k, rngs=rngs))
+    with cells_plate(x.shape[0], n_cells):
+        loc, raw = jnp.split(encoder(encoder_input(x, lik)), 2, axis=-1)
+        numpyro.sample("z", dist.Normal(loc, jax.nn.softplus(raw) + 1e-4).to_event(1))
+
+
+def macs_per_cell(params):
+    """Forward MACs per cell: sum of in*out over the 2-D ``kernel`` leaves."""
+    total = 0
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = jax.tree_util.keystr(path)
+        if np.ndim(leaf) == 2 and "kernel" in name:
+            total += int(np.shape(leaf)[0]) * int(np.shape(leaf)[1])
+    return total
+
+
+# --------------------------------------------------------------------------- engine timing
+
+
+class _CallClock:
+    """Stands in for ``tqdm`` in ``causalzoo.inference.svi``: a time stamp per ``update``."""
+
+    last: _CallClock | None = None
+
+    def __init__(self, *args, **kwargs):
+        self.stamps = [time.perf_counter()]
+        self.counts = []
+        _CallClock.last = self
+
+    def update(self, n=1):
+        self.stamps.append(time.perf_counter())
+        self.counts.append(n)
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+@contextlib.contextmanager
+def _clocked(*namespaces):
+    saved = [ns["tqdm"] for ns in namespaces]
+    for ns in namespaces:
+        ns["tqdm"] = _CallClock
+    _CallClock.last = None
+    try:
+        yield
+    finally:
+        for ns, old in zip(namespaces, saved):
+            ns["tqdm"] = old
+
+
+_COND_LINE = "new_state, value = lax.cond(i < n_active, step, skip, state)"
+
+
+def fit_svi_without_cond():
+    """A copy of ``fit_svi`` whose scan body always steps (no ``lax.cond``); None if the
+    engine's source no longer has the expected line."""
+    src = inspect.getsource(svi_mod.fit_svi)
+    if _COND_LINE not in src:
+        return None, None
+    src = src.replace(_COND_LINE, "new_state, value = step(state)")
+    ns = dict(vars(svi_mod))
+    exec(compile(src, "<fit_svi without lax.cond>", "exec"), ns)  # noqa: S102
+    return ns["fit_svi"], ns
+
+
+def run_engine(name, model, guide, data, cfg, batch, repeats, steps_per_call, seed, fit=None, ns=None):
+    fit = fit or svi_mod.fit_svi
+    namespaces = [vars(svi_mod)] + ([ns] if ns is not None else [])
+    n_cells = data["x"].shape[0]
+    if steps_per_call is None:  # the engine's default, reproduced to size the run
+        steps_per_call = max(50, min(n_cells // batch, 500))
+    max_steps = steps_per_call * (1 + repeats)
+    with _clocked(*namespaces):
+        t0 = time.perf_counter()
+        res = fit(model, guide, data, batch_size=batch, max_steps=max_steps, seed=seed,
+                  learning_rate=LEARNING_RATE, loss=AlignedELBO(alignment=0.0),
+                  static_kwargs={"config": cfg}, steps_per_call=steps_per_call, progress=False)
+        wall = time.perf_counter() - t0
+        clock = _CallClock.last
+    note = ""
+    if clock is not None and len(clock.stamps) == repeats + 2 and all(c == steps_per_call for c in clock.counts):
+        windows = [steps_per_call * batch / (b - a) for a, b in zip(clock.stamps[1:-1], clock.stamps[2:])]
+    else:
+        steady = res.run_seconds - res.compile_seconds
+        windows = [(res.n_steps - steps_per_call) * batch / steady]
+        note = "clock not driven once per call: one window (run - compile)"
+    assert res.n_steps == max_steps and np.all(np.isfinite(res.losses)), res.stop_reason
+    return {
+        "variant": name, "batch": batch, "steps_per_window": steps_per_call,
+        "windows_cells_per_s": windows, "init_s": wall - res.run_seconds,
+        "first_call_s": res.compile_seconds, "macs_per_cell": macs_per_cell(res.params),
+        "final_loss_per_cell": float(np.mean(res.losses[-steps_per_call:]) / n_cells), "note": note,
+    }
+
+
+# --------------------------------------------------------------------------- reference (a)
+
+
+def run_reference(name, model, guide, data, cfg, batch, repeats, steps, seed):
+    n_cells = data["x"].shape[0]
+    steps = steps or max(50, min(n_cells // batch, 500))
+    svi = SVI(model, guide, optax.adam(LEARNING_RATE), AlignedELBO(alignment=0.0),
+              n_cells=n_cells, config=cfg)
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = n_cells // batch
+    state_perm = {"perm": rng.permutation(n_cells), "pos": 0}
+
+    def next_batch():
+        if state_perm["pos"] + batch > steps_per_epoch * batch:
+            state_perm["perm"], state_perm["pos"] = rng.permutation(n_cells), 0
+        idx = state_perm["perm"][state_perm["pos"]: state_perm["pos"] + batch]
+        state_perm["pos"] += batch
+        return {k: v[idx] for k, v in data.items()}
+
+    t0 = time.perf_counter()
+    state = svi.init(jax.random.key(seed), **{k: v[:batch] for k, v in data.items()})
+    jax.block_until_ready(state)
+    init_s = time.perf_counter() - t0
+    update = jax.jit(svi.update)
+    t0 = time.perf_counter()
+    state, loss = update(state, **next_batch())
+    jax.block_until_ready(loss)
+    first_call_s = time.perf_counter() - t0
+
+    def window():
+        losses = []
+        nonlocal state
+        t = time.perf_counter()
+        for _ in range(steps):
+            state, loss = update(state, **next_batch())
+            losses.append(loss)
+        jax.block_until_ready((state, losses))
+        return time.perf_counter() - t, losses
+
+    window()  # warm-up, like the engine's first call
+    windows, last = [], None
+    for _ in range(repeats):
+        seconds, last = window()
+        windows.append(steps * batch / seconds)
+    params = svi.get_params(state)
+    return {
+        "variant": name, "batch": batch, "steps_per_window": steps, "windows_cells_per_s": windows,
+        "init_s": init_s, "first_call_s": first_call_s, "macs_per_cell": macs_per_cell(params),
+        "final_loss_per_cell": float(np.mean(np.asarray(last)) / n_cells), "note": "",
+    }
+
+
+# --------------------------------------------------------------------------- GEMM
+
+
+def measure_gemm(shapes, min_seconds=0.15, rounds=3):
+    out = []
+    f = jax.jit(jnp.matmul)
+    for m, k, n in shapes:
+        a = jnp.asarray(np.random.default_rng(0).standard_normal((m, k), np.float32))
+        b = jnp.asarray(np.random.default_rng(1).standard_normal((k, n), np.float32))
+        f(a, b).block_until_ready()
+        best = 0.0
+        for _ in range(rounds):
+            reps, t0 = 0, time.perf_counter()
+            while True:
+                r = f(a, b)
+                reps += 1
+                if reps % 4 == 0:
+                    r.block_until_ready()
+                    if time.perf_counter() - t0 >= min_seconds:
+                        break
+            best = max(best, 2.0 * m * k * n * reps / (time.perf_counter() - t0) / 1e9)
+        out.append({"shape": f"{m}x{k} @ {k}x{n}", "gflops": best})
+    return out
+
+
+# --------------------------------------------------------------------------- main
+
+
+def summarise(row, ref, gemm_peak):
+    w = row["windows_cells_per_s"]
+    row["cells_per_s"] = statistics.median(w)
+    row["cells_per_s_min"], row["cells_per_s_max"] = min(w), max(w)
+    row["ratio_to_ref_a"] = row["cells_per_s"] / ref if ref else float("nan")
+    row["gflops"] = row["cells_per_s"] * row["macs_per_cell"] * 3 * 2 / 1e9
+    row["roofline_fraction"] = row["gflops"] / gemm_peak
+    return row
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.mallopt:
+        _mallopt()
+    meta = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "python": platform.python_version(), "jax": jax.__version__, "numpyro": numpyro.__version__,
+        "device": str(jax.devices()[0]), "platform": jax.default_backend(), "nproc": os.cpu_count(),
+        "cpu": cpu_model(), "argv": sys.argv[1:], "mallopt": a.mallopt,
+    }
+    print(f"# bench_engine  {meta['date']}")
+    print(f"# jax {meta['jax']}  numpyro {meta['numpyro']}  python {meta['python']}  device {meta['device']}"
+          f"  ({meta['nproc']} cpus, {meta['cpu']})  mallopt={a.mallopt}")
+    t0 = time.perf_counter()
+    data = make_data(a.cells, a.genes, a.perturbations, a.seed)
+    x = data["x"]
+    print(f"# data {a.cells} cells x {a.genes} genes, mean {x.mean():.2f}, zeros {np.mean(x == 0):.1%}, "
+          f"{a.perturbations} perturbations + control; made in {time.perf_counter() - t0:.1f} s")
+    cfg = SparsePerturbationConfig(n_latent_invariant=5, n_latent_response=5, n_hidden=128, n_layers=2,
+                                   likelihood="nb")
+
+    shapes = []
+    for b in a.batch:
+        shapes += [(b, a.genes, 128), (a.genes, b, 128), (b, 128, a.genes)]
+    shapes.append((1024, 1024, 1024))
+    gemm = measure_gemm(list(dict.fromkeys(shapes)))
+    gemm_peak = max(g["gflops"] for g in gemm)
+    print("# fp32 GEMM (jitted jnp.matmul, best of 3): " + ", ".join(
+        f"{g['shape']} {g['gflops']:.0f}" for g in gemm) + f" GFLOP/s; peak used {gemm_peak:.0f}")
+
+    rows = []
+    for i, b in enumerate(a.batch):
+        ref = run_reference("ref-a numpyro jit", sparse_perturbation_model, sparse_perturbation_guide,
+                            data, cfg, b, a.repeats, a.steps, a.seed)
+        ref_rate = statistics.median(ref["windows_cells_per_s"])
+        batch_rows = [run_engine("engine", sparse_perturbation_model, sparse_perturbation_guide,
+                                 data, cfg, b, a.repeats, a.steps, a.seed), ref]
+        if not a.no_vae:
+            batch_rows.append(run_engine("ref-b plain VAE (engine)", vae_model, vae_guide, data, cfg, b,
+                                         a.repeats, a.steps, a.seed))
+        if i == 0 and not a.no_ablations:
+            short = 10 if a.quick else 50
+            long_ = 100 if a.quick else 500
+            batch_rows.append(run_engine(f"engine spc={short}", sparse_perturbation_model,
+                                         sparse_perturbation_guide, data, cfg, b, a.repeats, short, a.seed))
+            batch_rows.append(run_engine(f"engine spc={long_}", sparse_perturbation_model,
+                                         sparse_perturbation_guide, data, cfg, b, min(a.repeats, 3), long_,
+                                         a.seed))
+            fit_nc, ns = fit_svi_without_cond()
+            if fit_nc is None:
+                print("# engine no-cond skipped: the lax.cond line was not found in fit_svi")
+            else:
+                batch_rows.append(run_engine("engine no-cond", sparse_perturbation_model,
+                                             sparse_perturbation_guide, data, cfg, b, a.repeats, a.steps,
+                                             a.seed, fit=fit_nc, ns=ns))
+        rows += [summarise(r, ref_rate, gemm_peak) for r in batch_rows]
+
+    head = (f"| {'variant':<26} | {'batch':>5} | {'steps/win':>9} | {'cells/s median (min-max)':<26} | "
+            f"{'vs ref-a':>8} | {'init s':>6} | {'1st call s':>10} | {'MFLOP/cell':>10} | {'GFLOP/s':>7} | "
+            f"{'roof %':>6} |")
+    print()
+    print(head)
+    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
+    for r in rows:
+        rng_s = f"{r['cells_per_s']:,.0f} ({r['cells_per_s_min']:,.0f}-{r['cells_per_s_max']:,.0f})"
+        print(f"| {r['variant']:<26} | {r['batch']:>5} | {r['steps_per_window']:>9} | {rng_s:<26} | "
+              f"{r['ratio_to_ref_a']:>8.2f} | {r['init_s']:>6.1f} | {r['first_call_s']:>10.1f} | "
+              f"{r['macs_per_cell'] * 6 / 1e6:>10.2f} | {r['gflops']:>7.1f} | "
+              f"{100 * r['roofline_fraction']:>5.1f}% |" + (f"  {r['note']}" if r["note"] else ""))
+    peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    total = time.perf_counter() - t0
+    print(f"\n# roof % = (cells/s x MFLOP/cell) / {gemm_peak:.0f} GFLOP/s measured GEMM; "
+          "MFLOP/cell = 3 x 2 x forward MACs of the dense layers")
+    print(f"# peak RSS {peak_rss_mib:,.0f} MiB; total {total:.0f} s")
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump({"meta": meta, "gemm": gemm, "gemm_peak_gflops": gemm_peak, "rows": rows,
+                       "peak_rss_mib": peak_rss_mib, "total_seconds": total}, fh, indent=2)
+        print(f"# wrote {a.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,638 @@
+"""The user classes: AnnData in, fitted zoo models out (scvi-tools style).
+
+The classes are thin plumbing over :mod:`causalzoo.models`: they map AnnData fields to model
+arguments (through :mod:`causalzoo.data`), run the engine of :mod:`causalzoo.inference`, and
+keep what a fitted model needs to predict, save and load. The probabilistic program itself is
+the plain NumPyro function in ``models/``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from numpy.typing import ArrayLike
+from numpyro import handlers
+from numpyro.infer import Predictive
+
+from . import _io
+from ._errors import CausalZooError
+from .data import (
+    AnnDataRegistry,
+    canonical_condition,
+    design_matrix,
+    encode_covariates,
+    extract_arrays,
+    get_registry,
+    setup_anndata,
+)
+from .inference import AlignedELBO, EarlyStopping, FitResult, fit_svi, two_speed_adam
+from .models.sparse_perturbation import (
+    SparsePerturbationConfig,
+    global_guide,
+    sparse_perturbation_guide,
+    sparse_perturbation_model,
+)
+
+__all__ = ["SparsePerturbationVAE", "load"]
+
+MODEL_NAME = "sparse_perturbation"
+_CHUNK = 2048
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("causalzoo")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
+        return "unknown"
+
+
+def _context_ids(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Integer id of each cell's covariate context (its row of covariate codes)."""
+    if codes.shape[1] == 0:
+        return np.zeros(codes.shape[0], np.int32), np.zeros((1, 0), np.int32)
+    contexts, ids = np.unique(codes, axis=0, return_inverse=True)
+    return ids.reshape(-1).astype(np.int32), contexts
+
+
+class SparsePerturbationVAE:
+    """PerturbedVAE-style sparse perturbation model on AnnData (SAMS-VAE as a special case).
+
+    The generative story, identifiability class and references are in
+    :mod:`causalzoo.models.sparse_perturbation`.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Data registered with :meth:`setup_anndata`.
+    n_latent_invariant, n_latent_response, n_hidden, n_layers, likelihood, sparsity, \
+mask_probability, effect_scale, scm_graph, couple_invariant, alignment, activation, networks
+        See :class:`~causalzoo.models.sparse_perturbation.SparsePerturbationConfig`.
+
+    Examples
+    --------
+    >>> import causalzoo as cz
+    >>> adata = cz.datasets.norman2019_subset()
+    >>> cz.SparsePerturbationVAE.setup_anndata(adata, perturbation_key="perturbation",
+    ...                                        control="control")
+    >>> m = cz.SparsePerturbationVAE(adata, n_latent_invariant=4, n_latent_response=4)
+    >>> m.fit(max_steps=20, progress=False)  # doctest: +SKIP
+    >>> pred = m.predict(["KLF1+MAP2K6"], n_cells=100)  # doctest: +SKIP
+    """
+
+    spec_name = MODEL_NAME
+
+    def __init__(self, adata, **config_kwargs):
+        registry = get_registry(adata)
+        self.config = SparsePerturbationConfig(**config_kwargs)
+        self._check_likelihood(registry)
+        self.adata = adata
+        self.registry: AnnDataRegistry = registry
+        self.params: dict[str, Any] | None = None
+        self.history: dict[str, np.ndarray] = {}
+        self.fit_info: dict[str, Any] = {}
+        self.reference: dict[str, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata,
+        *,
+        perturbation_key: str = "perturbation",
+        control: str | Sequence[str] = "control",
+        layer: str | None = None,
+        covariate_keys: Sequence[str] = (),
+        count_data: bool = True,
+    ) -> None:
+        """Register ``adata``: where the values are, the perturbation column and its control
+        label, and the covariates. See :func:`causalzoo.data.setup_anndata`.
+
+        ``"A+B"`` labels set both perturbations (order-insensitive); ``count_data=False``
+        for log-normalised values with ``likelihood="gaussian"``.
+        """
+        setup_anndata(
+            adata,
+            perturbation_key=perturbation_key,
+            control=control,
+            layer=layer,
+            covariate_keys=tuple(covariate_keys),
+            count_data=count_data,
+        )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        x: ArrayLike,
+        u: ArrayLike,
+        *,
+        covariates: Mapping[str, Sequence[str]] | None = None,
+        perturbation_names: Sequence[str] | None = None,
+        gene_names: Sequence[str] | None = None,
+        count_data: bool = True,
+        **config_kwargs,
+    ) -> SparsePerturbationVAE:
+        """Build a model from arrays: ``x`` (cells, genes) and ``u``, either condition labels
+        (``"control"``, ``"A"``, ``"A+B"``) or a (cells, T) multi-hot design.
+
+        ``covariates`` maps covariate names to per-cell labels.
+        """
+        import anndata
+
+        x = np.asarray(x)
+        u = np.asarray(u)
+        if x.ndim != 2:
+            raise CausalZooError(f"x must be 2-D (cells, genes); got shape {x.shape}.")
+        if u.ndim == 2:
+            if u.shape[0] != x.shape[0]:
+                raise CausalZooError(
+                    f"u has {u.shape[0]} rows but x has {x.shape[0]} cells."
+                )
+            names = list(perturbation_names or [f"P{i}" for i in range(u.shape[1])])
+            if len(names) != u.shape[1]:
+                raise CausalZooError(
+                    f"{len(names)} perturbation_names for {u.shape[1]} design columns."
+                )
+            if not np.isin(u, (0, 1)).all():
+                raise CausalZooError("A design matrix u must be multi-hot (0/1 entries).")
+            labels = ["+".join(n for n, on in zip(names, row) if on) or "control" for row in u]
+        elif u.ndim == 1:
+            labels = [str(v) for v in u]
+        else:
+            raise CausalZooError(f"u must be 1-D labels or a 2-D design; got shape {u.shape}.")
+        if len(labels) != x.shape[0]:
+            raise CausalZooError(f"u has {len(labels)} entries but x has {x.shape[0]} cells.")
+        obs = pd.DataFrame({"perturbation": pd.Categorical(labels)})
+        for key, values in (covariates or {}).items():
+            obs[key] = pd.Categorical([str(v) for v in values])
+        obs.index = [f"cell{i}" for i in range(x.shape[0])]
+        var = pd.DataFrame(index=list(gene_names or [f"gene{j}" for j in range(x.shape[1])]))
+        var["gene_name"] = var.index
+        adata = anndata.AnnData(X=x.astype(np.float32), obs=obs, var=var)
+        cls.setup_anndata(
+            adata,
+            covariate_keys=tuple(covariates or ()),
+            count_data=count_data,
+        )
+        return cls(adata, **config_kwargs)
+
+    def _check_likelihood(self, registry: AnnDataRegistry) -> None:
+        lik = self.config.likelihood_block
+        if lik.count_data and not registry.count_data:
+            raise CausalZooError(
+                f"likelihood={lik.name!r} models counts but the data were set up with "
+                "count_data=False. Use likelihood='gaussian' for log-normalised values, or set "
+                "up the raw counts (layer='counts')."
+            )
+
+    # ------------------------------------------------------------------ fitting
+    @property
+    def is_fitted(self) -> bool:
+        return self.params is not None
+
+    def _model_kwargs(self, n_genes: int | None = None) -> dict[str, Any]:
+        return {"config": self.config, "n_genes": n_genes or self.registry.n_genes}
+
+    def _arrays(self, adata=None) -> dict[str, np.ndarray]:
+        return extract_arrays(self.adata if adata is None else adata, self.registry)
+
+    def fit(
+        self,
+        max_steps: int = 5000,
+        batch_size: int | None = None,
+        seed: int = 0,
+        *,
+        learning_rate: float = 1e-3,
+        global_learning_rate: float | None = None,
+        early_stopping: EarlyStopping | bool = True,
+        progress: bool = True,
+        steps_per_call: int | None = None,
+    ) -> SparsePerturbationVAE:
+        """Fit by SVI on minibatches of ``batch_size`` cells (default ``min(256, n_cells)``).
+
+        Networks train with Adam at ``learning_rate``; the global variational parameters
+        (masks, effects, SCM weights) at ``global_learning_rate`` (default ten times
+        ``learning_rate``), see :func:`causalzoo.inference.two_speed_adam`. Early stopping on
+        a plateau of the training loss is on by default (:class:`~causalzoo.inference.EarlyStopping`).
+
+        Continues from the current parameters when called again. Returns ``self``; the loss
+        history is in ``self.history["loss"]`` (negative ELBO per step, plus the alignment
+        term when ``alignment > 0``).
+        """
+        arrays = self._arrays()
+        n_cells = arrays["x"].shape[0]
+        batch_size = min(256, n_cells) if batch_size is None else batch_size
+        data = {k: arrays[k] for k in ("x", "design", "covariates", "library_size")}
+        batch_fn = None
+        if self.config.alignment > 0:
+            batch_fn = self._alignment_batch_fn(arrays, data)
+        if not learning_rate > 0 or (global_learning_rate is not None and not global_learning_rate > 0):
+            raise CausalZooError(
+                f"learning rates must be > 0; got learning_rate={learning_rate!r}, "
+                f"global_learning_rate={global_learning_rate!r}."
+            )
+        global_learning_rate = global_learning_rate or 10 * learning_rate
+        result: FitResult = fit_svi(
+            sparse_perturbation_model,
+            sparse_perturbation_guide,
+            data,
+            batch_size=batch_size,
+            max_steps=max_steps,
+            seed=seed,
+            optimizer=two_speed_adam(learning_rate, global_learning_rate),
+            loss=AlignedELBO(self.config.alignment),
+            static_kwargs=self._model_kwargs(),
+            batch_fn=batch_fn,
+            steps_per_call=steps_per_call,
+            early_stopping=early_stopping,
+            progress=progress,
+            init_params=self.params,
+            description="SparsePerturbationVAE",
+        )
+        previous = self.history.get("loss", np.zeros(0, np.float32))
+        self.history = {"loss": np.concatenate([previous, result.losses])}
+        self.fit_info = {
+            "n_steps": int(self.fit_info.get("n_steps", 0)) + result.n_steps,
+            "stop_reason": result.stop_reason,
+            "batch_size": int(batch_size),
+            "seed": int(seed),
+            "learning_rate": float(learning_rate),
+            "global_learning_rate": float(global_learning_rate),
+            "compile_seconds": result.compile_seconds,
+            "run_seconds": result.run_seconds,
+        }
+        self.params = result.params
+        self.reference = self._reference_cells(arrays)
+        return self
+
+    train = fit
+
+    def _alignment_batch_fn(self, arrays, data):
+        """Pair each minibatch cell with a random control cell of the same covariates."""
+        context, _ = _context_ids(arrays["covariate_codes"])
+        control_idx = np.flatnonzero(arrays["is_control"])
+        if control_idx.size == 0:
+            raise CausalZooError(
+                "alignment > 0 needs control cells to align to, and none were found; set "
+                "alignment=0."
+            )
+        n_contexts = int(context.max()) + 1
+        pools = [control_idx[context[control_idx] == c] for c in range(n_contexts)]
+        # A context without controls aligns to the controls of all contexts.
+        pools = [p if p.size else control_idx for p in pools]
+        width = max(p.size for p in pools)
+        table = jnp.asarray(np.stack([np.resize(p, width) for p in pools]))
+        counts = jnp.asarray([p.size for p in pools])
+        data["context"] = context
+
+        def batch_fn(key, idx, data):
+            batch = {k: data[k][idx] for k in ("x", "design", "covariates", "library_size")}
+            ctx = data["context"][idx]
+            pick = jax.random.randint(key, idx.shape, 0, counts[ctx])
+            batch["x_control"] = data["x"][table[ctx, pick]]
+            return batch
+
+        return batch_fn
+
+    def _require_fit(self):
+        if not self.is_fitted:
+            raise CausalZooError("The model is not fitted yet: call .fit() first.")
+
+    # ------------------------------------------------------------------ posterior
+    def _encode(self, arrays) -> dict[str, np.ndarray]:
+        """Posterior means and scales of ``z_inv`` and ``z_resp`` for every cell, in chunks."""
+        params = self.params
+        kwargs = self._model_kwargs()
+
+        @jax.jit
+        def encode(x, design):
+            guide = handlers.substitute(handlers.seed(sparse_perturbation_guide, 0), params)
+            tr = handlers.trace(guide).get_trace(x=x, design=design, **kwargs)
+            inv, resp = tr["z_inv"]["fn"].base_dist, tr["z_resp"]["fn"].base_dist
+            return inv.loc, inv.scale, resp.loc, resp.scale
+
+        n = arrays["x"].shape[0]
+        chunk = min(_CHUNK, n)
+        outs = []
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            pad = chunk - (stop - start)
+            x = np.pad(arrays["x"][start:stop], ((0, pad), (0, 0)))
+            d = np.pad(arrays["design"][start:stop], ((0, pad), (0, 0)))
+            outs.append([np.asarray(o)[: stop - start] for o in encode(x, d)])
+        names = ("z_inv_loc", "z_inv_scale", "z_resp_loc", "z_resp_scale")
+        return {name: np.concatenate([o[i] for o in outs]) for i, name in enumerate(names)}
+
+    def _reference_cells(self, arrays) -> dict[str, np.ndarray]:
+        """What prediction needs of the training data: the control cells' posterior over
+        ``z_inv``, their library sizes and covariate contexts (kept with a saved model)."""
+        idx = np.flatnonzero(arrays["is_control"])
+        if idx.size == 0:
+            return {}
+        sub = {k: arrays[k][idx] for k in ("x", "design")}
+        enc = self._encode(sub)
+        return {
+            "z_inv_loc": enc["z_inv_loc"],
+            "z_inv_scale": enc["z_inv_scale"],
+            "library_size": arrays["library_size"][idx],
+            "covariate_codes": arrays["covariate_codes"][idx],
+            "obs_names": np.asarray(self.adata.obs_names[idx], dtype=str),
+        }
+
+    def get_latent_representation(
+        self,
+        adata=None,
+        *,
+        block: str = "both",
+        write_obsm: bool | str = False,
+    ) -> np.ndarray:
+        """Posterior means of the latents, ``(n_cells, n_latent)``.
+
+        Parameters
+        ----------
+        adata : anndata.AnnData, optional
+            Cells to embed (default: the training data); must match the set-up genes.
+        block : {"both", "invariant", "response"}
+            ``"both"`` gives ``[z_inv, z_resp]``.
+        write_obsm : bool or str
+            Also write the result to ``adata.obsm["X_causalzoo"]`` (or the given key).
+        """
+        self._require_fit()
+        if block not in ("both", "invariant", "response"):
+            raise CausalZooError(
+                f"block={block!r}: use 'both', 'invariant' or 'response'."
+            )
+        target = self.adata if adata is None else adata
+        enc = self._encode(self._arrays(target))
+        parts = {
+            "both": [enc["z_inv_loc"], enc["z_resp_loc"]],
+            "invariant": [enc["z_inv_loc"]],
+            "response": [enc["z_resp_loc"]],
+        }[block]
+        z = np.concatenate(parts, axis=1)
+        if write_obsm:
+            key = write_obsm if isinstance(write_obsm, str) else "X_causalzoo"
+            target.obsm[key] = z
+        return z
+
+    @property
+    def perturbation_names(self) -> list[str]:
+        return list(self.registry.perturbation_vocabulary)
+
+    def _latent_frame(self, values) -> pd.DataFrame:
+        columns = [f"z_resp_{k}" for k in range(self.config.n_latent_response)]
+        return pd.DataFrame(np.asarray(values), index=self.perturbation_names, columns=columns)
+
+    def mask_probability(self) -> pd.DataFrame:
+        """Posterior probability that perturbation ``t`` targets response latent ``k``."""
+        self._require_fit()
+        return self._latent_frame(self.config.sparsity_block.mask_probability(self.params))
+
+    def shift(self) -> pd.DataFrame:
+        """Posterior mean shift of each perturbation on the response latents
+        (mask probability times effect mean)."""
+        self._require_fit()
+        block = self.config.sparsity_block
+        return self._latent_frame(
+            np.asarray(block.mask_probability(self.params)) * np.asarray(
+                block.effect_mean(self.params)
+            )
+        )
+
+    # ------------------------------------------------------------------ prediction
+    def predict(
+        self,
+        conditions: Sequence[str] | str,
+        n_cells: int = 100,
+        *,
+        covariates: Mapping[str, str] | None = None,
+        seed: int = 0,
+    ):
+        """Predict cells under perturbation conditions, seen or unseen.
+
+        For each condition (``"A"``, ``"A+B"``; any combination of known single
+        perturbations), ``n_cells`` control cells of the covariate context are drawn (with
+        replacement when there are fewer), their ``z_inv`` drawn from ``q(z_inv | x_ctrl)``, the
+        design set to the condition, ``z_resp`` drawn from the SCM with a posterior draw of the
+        shifts per cell, and counts sampled from the likelihood.
+
+        Parameters
+        ----------
+        conditions : str or sequence of str
+            Condition labels.
+        n_cells : int
+            Cells per condition.
+        covariates : mapping, optional
+            A covariate context, e.g. ``{"cell_type": "NK"}``; default: control cells of every
+            context, each keeping its own covariates.
+        seed : int
+            Seed of the draws.
+
+        Returns
+        -------
+        anndata.AnnData
+            ``X`` and ``layers["counts"]`` hold the predicted values (counts for count
+            likelihoods); ``obs`` has ``condition``, ``library_size``, ``source_cell`` and the
+            covariates; ``obsm`` has ``z_inv`` and ``z_resp``.
+        """
+        import anndata
+
+        self._require_fit()
+        if isinstance(conditions, str):
+            conditions = [conditions]
+        if not isinstance(n_cells, (int, np.integer)) or n_cells < 1:
+            raise CausalZooError(f"n_cells must be a positive integer; got {n_cells!r}.")
+        if not self.reference:
+            raise CausalZooError(
+                "Prediction needs control cells to take z_inv from, and the training data had "
+                "none."
+            )
+        reg = self.registry
+        labels = [canonical_condition(c, reg.control) for c in conditions]
+        design = design_matrix(labels, reg.perturbation_vocabulary, reg.control)
+        ref = self.reference
+        pool = np.arange(ref["z_inv_loc"].shape[0])
+        if covariates is not None:
+            target = encode_covariates(covariates, reg)[0]
+            ref_onehot = self._one_hot(ref["covariate_codes"])
+            pool = np.flatnonzero((ref_onehot == target).all(axis=1))
+            if pool.size == 0:
+                raise CausalZooError(
+                    f"No control cells in the context {dict(covariates)}: prediction takes z_inv "
+                    "from that context's control cells. Contexts with controls: "
+                    f"{self._control_contexts()}."
+                )
+        rng = np.random.default_rng(seed)
+        key = jax.random.key(seed)
+        blocks, obs_frames, z_inv_all, z_resp_all = [], [], [], []
+        for i, label in enumerate(labels):
+            pick = rng.choice(pool, size=n_cells, replace=n_cells > pool.size)
+            eps = rng.standard_normal((n_cells, self.config.n_latent_invariant))
+            z_inv = ref["z_inv_loc"][pick] + ref["z_inv_scale"][pick] * eps
+            cov = self._one_hot(ref["covariate_codes"][pick])
+            lib = ref["library_size"][pick]
+            x, z_resp = self._simulate(
+                jax.random.fold_in(key, i), z_inv, lib, np.repeat(design[i : i + 1], n_cells, 0),
+                cov,
+            )
+            blocks.append(x)
+            z_inv_all.append(z_inv)
+            z_resp_all.append(z_resp)
+            frame = pd.DataFrame(
+                {"condition": label, "library_size": lib, "source_cell": ref["obs_names"][pick]}
+            )
+            for j, k in enumerate(reg.covariate_keys):
+                cats = np.asarray(reg.covariate_categories[k])
+                frame[k] = cats[ref["covariate_codes"][pick, j]]
+            obs_frames.append(frame)
+        values = np.concatenate(blocks).astype(np.float32)
+        obs = pd.concat(obs_frames, ignore_index=True)
+        for col in ["condition", *reg.covariate_keys]:
+            obs[col] = pd.Categorical(obs[col])
+        obs.index = [f"pred{i}" for i in range(len(obs))]
+        var = pd.DataFrame({"gene": list(reg.gene_names)}, index=list(reg.gene_names))
+        matrix = sp.csr_matrix(values) if self.config.likelihood_block.count_data else values
+        out = anndata.AnnData(X=matrix, obs=obs, var=var)
+        if self.config.likelihood_block.count_data:
+            out.layers["counts"] = matrix.copy()
+        out.obsm["z_inv"] = np.concatenate(z_inv_all).astype(np.float32)
+        out.obsm["z_resp"] = np.concatenate(z_resp_all).astype(np.float32)
+        out.uns["causalzoo"] = {"model": MODEL_NAME, "seed": int(seed)}
+        return out
+
+    def _one_hot(self, codes):
+        reg = self.registry
+        out = np.zeros((codes.shape[0], reg.n_covariates), np.float32)
+        offset = 0
+        for j, k in enumerate(reg.covariate_keys):
+            out[np.arange(codes.shape[0]), offset + codes[:, j]] = 1
+            offset += len(reg.covariate_categories[k])
+        return out
+
+    def _control_contexts(self) -> list[dict[str, str]]:
+        reg = self.registry
+        _, contexts = _context_ids(self.reference["covariate_codes"])
+        return [
+            {k: reg.covariate_categories[k][c] for k, c in zip(reg.covariate_keys, row)}
+            for row in contexts
+        ]
+
+    def _simulate(self, key, z_inv, library_size, design, covariates):
+        """Draw cells from the model with ``z_inv`` given and one posterior draw of the global
+        latents per cell."""
+        params = self.params
+        kwargs = self._model_kwargs()
+        n_perturbations = design.shape[1]
+
+        @jax.jit
+        def simulate(key, z_inv, library_size, design, covariates):
+            key_globals, key_cells = jax.random.split(key)
+            draws = Predictive(
+                partial(global_guide, n_perturbations, config=self.config),
+                params=params,
+                num_samples=z_inv.shape[0],
+            )(key_globals)
+
+            def one(key, draw, z, lib, d, c):
+                model = handlers.substitute(
+                    handlers.condition(sparse_perturbation_model, {**draw, "z_inv": z[None]}),
+                    params,
+                )
+                tr = handlers.trace(handlers.seed(model, key)).get_trace(
+                    design=d[None], covariates=c[None], library_size=lib[None], **kwargs
+                )
+                return tr["x"]["value"][0], tr["z_resp"]["value"][0]
+
+            keys = jax.random.split(key_cells, z_inv.shape[0])
+            return jax.vmap(one)(keys, draws, z_inv, library_size, design, covariates)
+
+        x, z_resp = simulate(key, z_inv, library_size, design, covariates)
+        return np.asarray(x), np.asarray(z_resp)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save configuration, vocabularies, genes and parameters as plain data (no pickle).
+
+        The directory holds ``causalzoo.json`` and ``.npz`` files; it is written to a
+        temporary directory first and renamed, so a failed save never leaves half a model.
+        """
+        self._require_fit()
+        arrays, paths = _io.flatten_params(self.params)
+        reference = {k: np.asarray(v) for k, v in (self.reference or {}).items()}
+        meta = {
+            "format_version": _io.FORMAT_VERSION,
+            "causalzoo_version": _version(),
+            "model": MODEL_NAME,
+            "config": self.config.to_dict(),
+            "registry": self.registry.to_dict(),
+            "param_paths": paths,
+            "fit_info": self.fit_info,
+        }
+        return _io.write_model_dir(
+            path,
+            meta,
+            {"params": arrays, "reference": reference, "history": dict(self.history)},
+            overwrite=overwrite,
+        )
+
+    @classmethod
+    def _from_saved(cls, meta, arrays, adata=None, networks=None) -> SparsePerturbationVAE:
+        config = SparsePerturbationConfig.from_dict(meta["config"], networks=networks)
+        registry = AnnDataRegistry.from_dict(meta["registry"])
+        self = cls.__new__(cls)
+        self.config = config
+        self.registry = registry
+        self._check_likelihood(registry)
+        if adata is not None:
+            extract_arrays(adata[:1], registry)  # validates genes, keys and vocabularies
+        self.adata = adata
+        self.params = _io.unflatten_params(arrays["params"], meta["param_paths"])
+        self.reference = dict(arrays["reference"])
+        self.history = dict(arrays["history"])
+        self.fit_info = dict(meta.get("fit_info", {}))
+        return self
+
+    def __repr__(self) -> str:
+        c = self.config
+        state = f"fitted, {self.fit_info.get('n_steps', 0)} steps" if self.is_fitted else "not fitted"
+        return (
+            f"SparsePerturbationVAE(n_latent_invariant={c.n_latent_invariant}, "
+            f"n_latent_response={c.n_latent_response}, likelihood={c.likelihood_block.name!r}, "
+            f"perturbations={self.registry.n_perturbations}, genes={self.registry.n_genes}; "
+            f"{state})"
+        )
+
+
+_CLASSES = {MODEL_NAME: SparsePerturbationVAE}
+
+
+def load(path: str | Path, adata=None, *, networks=None):
+    """Load a model saved with ``.save(path)``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The saved directory.
+    adata : anndata.AnnData, optional
+        Data to attach (for latent representations); must have the saved genes, keys and
+        vocabularies. Prediction works without it.
+    networks : mapping, optional
+        The custom network factories the model was built with, if any.
+    """
+    meta, _ = _io.read_model_dir(path, ())
+    name = meta.get("model")
+    if name not in _CLASSES:
+        raise CausalZooError(
+            f"{str(path)!r} holds a model {name!r} that this causalzoo does not know; known: "
+            f"{sorted(_CLASSES)}."
+        )
+    meta, arrays = _io.read_model_dir(path, ("params", "reference", "history"))
+    return _CLASSES[name]._from_saved(meta, arrays, adata=adata, networks=networks)
