@@ -66,7 +66,7 @@ find_python() {
             # 3.12 first (the floor that CI tests, with the widest wheel coverage), then newer.
             while IFS= read -r v; do
                 [[ -n "$v" ]] && versions+=("$v")
-            done < <(cd "$root/versions" && ls -d 3.1[2-9]* 2>/dev/null | sort -V | awk '
+            done < <(cd "$root/versions" && ls -d 3.1[2-9]* 2>/dev/null | sort -t. -k1,1n -k2,2n -k3,3n | awk '
                 /^3\.12/ { first[++n1] = $0; next } { rest[++n2] = $0 }
                 END { for (i = n1; i >= 1; i--) print first[i]; for (i = n2; i >= 1; i--) print rest[i] }')
         fi

@@ -22,11 +22,18 @@ Variants (all fit the same data with ``optax.adam(1e-3)`` and the same loss,
 ``ref-b plain VAE``
     A plain NB VAE (one encoder ``log1p(x) -> 2*10``, decoder ``10 -> genes``, same widths,
     no perturbation sites) through the engine: the cost of the sparse-perturbation machinery.
-``engine spc=50`` / ``engine spc=500`` / ``engine no-cond``  (first batch size only)
-    Ablations: ``steps_per_call`` fixed to 50 or 500, and a copy of ``fit_svi`` made in this
-    script (``inspect.getsource`` + one line replaced, ``svi.py`` untouched) whose scan body
-    calls the step directly instead of ``lax.cond(i < n_active, step, skip, state)``.
-    ``--no-ablations`` skips them.
+``--ablations`` (first batch size; a second table)
+    Does ``steps_per_call`` or the ``lax.cond`` in the engine's scan cost throughput? Three
+    copies of ``fit_svi`` are made in this script (``inspect.getsource``, ``svi.py``
+    untouched) that stop right after ``jax.jit(run_call)`` and hand back the engine's own
+    per-call function and initial state: ``steps_per_call`` 50, 50 with the scan body calling
+    the step directly instead of ``lax.cond(i < n_active, step, skip, state)``, and 500. They
+    are compiled, then timed *interleaved* in this process (``--ablation-rounds`` rounds,
+    order rotated, 500 steps per variant per round, the losses read back after each call as
+    ``fit_svi`` does), so that load from other processes hits all of them alike. Also the
+    time of a call whose steps are all switched off (``n_active=0``: permutations and the
+    skip branch only), the fixed cost of a call. Slow at full size (500 steps per variant per
+    round); ``--quick`` sizes are the worst case for per-call overheads anyway.
 
 How steady state is timed: **several compiled calls after a warm-up**, not an N-vs-2N
 difference. For the engine, the script stands a clock in for the progress bar of
@@ -39,14 +46,21 @@ follows the first (compiling) step, then R windows of the same length are timed,
 by ``block_until_ready``. A window's throughput is ``steps * batch / seconds``; the table
 gives the median over the R windows (min-max). If the clock was not driven as expected (the
 engine changed), the engine row falls back to ``(run_seconds - compile_seconds)`` over
-calls 1..R as one window and says so.
+calls 1..R as one window and says so. ``cells/CPU-s`` divides by this process's CPU time
+(``time.process_time``, all threads) over the same windows instead of wall time: it is
+steadier when other processes compete for the cores, but counts spinning threads as work.
 
 Other columns: ``init s`` is the time before the first compiled call (for the engine
 ``fit_svi`` wall time minus ``FitResult.run_seconds``: data to device, first batch,
-``svi.init``, which runs the model and guide op by op; for ref-a ``svi.init``);
-``1st call s`` is ``FitResult.compile_seconds`` (compile + the first call's
-``steps_per_call`` steps) for the engine and the first ``update`` call (compile + 1 step) for
-ref-a.
+``svi.init``, which runs the model and guide op by op; for ref-a ``svi.init``). The op-by-op
+primitives are compiled the first time a process meets them, so a start-up line measures
+``svi.init`` of the sparse model first, cold, again, and under ``jax.jit``; the rows' init
+times are then warm. ``1st call s`` is ``FitResult.compile_seconds`` (compile + the first
+call's ``steps_per_call`` steps) for the engine and the first ``update`` call (compile + 1
+step) for ref-a. ``compile s`` sums the ``jax.monitoring`` compile events recorded during
+the variant (``jaxpr_trace`` + ``jaxpr_to_mlir_module`` / ``backend_compile`` durations),
+init and every jitted function included; nested traces may be counted twice in the first
+figure.
 
 Roofline: forward multiply-accumulates per cell are counted from the 2-D ``kernel`` leaves of
 the fitted parameters (every dense layer of the encoders and the decoder; the small
@@ -57,7 +71,7 @@ MAC. The machine's achievable fp32 GEMM rate is measured in the same run with ji
 denominator of ``roof %`` = achieved GFLOP/s / measured GEMM GFLOP/s.
 
 ``--mallopt`` sets glibc's ``M_MMAP_THRESHOLD`` 32 MiB, ``M_TRIM_THRESHOLD`` 2 GiB and
-``M_TOP_PAD`` 256 MiB before anything is allocated (the allocator churn that slows per-step
+``M_TOP_PAD`` 256 MiB at the start of ``main``, before the data are made (the allocator churn that slows per-step
 dispatch, see the peers' measurements); off by default.
 """
 
@@ -117,7 +131,10 @@ def parse_args(argv=None):
                         "about one epoch, 50..500)")
     p.add_argument("--repeats", type=int, default=None, help="timed windows per variant (default 5; 3 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny run: 2000 cells x 200 genes, 20-step windows")
-    p.add_argument("--no-ablations", action="store_true", help="skip the steps_per_call / no-cond ablations")
+    p.add_argument("--ablations", action="store_true",
+                   help="also time steps_per_call 50 vs 500 and the scan without lax.cond, interleaved "
+                        "(first batch size only; long at full size)")
+    p.add_argument("--ablation-rounds", type=int, default=3, help="rounds of the interleaved ablations")
     p.add_argument("--no-vae", action="store_true", help="skip reference (b), the plain VAE")
     p.add_argument("--mallopt", action="store_true", help="tuned glibc allocator (see docstring)")
     p.add_argument("--seed", type=int, default=0)
@@ -191,6 +208,28 @@ def macs_per_cell(params):
     return total
 
 
+# --------------------------------------------------------------------------- compile events
+
+_TRACE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration")
+_XLA_EVENT = "/jax/core/compile/backend_compile_duration"
+_EVENTS: list[tuple[str, float]] = []
+
+
+def _listen(event, duration, **kwargs):
+    if event in _TRACE_EVENTS or event == _XLA_EVENT:
+        _EVENTS.append((event, duration))
+
+
+jax.monitoring.register_event_duration_secs_listener(_listen)
+
+
+def compile_seconds_since(mark):
+    """(trace + lowering seconds, XLA compile seconds) of the events recorded after ``mark``."""
+    trace = sum(d for e, d in _EVENTS[mark:] if e in _TRACE_EVENTS)
+    xla = sum(d for e, d in _EVENTS[mark:] if e == _XLA_EVENT)
+    return trace, xla
+
+
 # --------------------------------------------------------------------------- engine timing
 
 
@@ -201,11 +240,13 @@ class _CallClock:
 
     def __init__(self, *args, **kwargs):
         self.stamps = [time.perf_counter()]
+        self.cpu = [time.process_time()]
         self.counts = []
         _CallClock.last = self
 
     def update(self, n=1):
         self.stamps.append(time.perf_counter())
+        self.cpu.append(time.process_time())
         self.counts.append(n)
 
     def set_postfix(self, *args, **kwargs):
@@ -231,28 +272,92 @@ def _clocked(*namespaces):
 _COND_LINE = "new_state, value = lax.cond(i < n_active, step, skip, state)"
 
 
-def fit_svi_without_cond():
-    """A copy of ``fit_svi`` whose scan body always steps (no ``lax.cond``); None if the
-    engine's source no longer has the expected line."""
+_JIT_LINE = "    run_call = jax.jit(run_call)\n"
+
+
+class _Grab(Exception):
+    def __init__(self, run_call, state, key):
+        super().__init__("grabbed")
+        self.run_call, self.state, self.key = run_call, state, key
+
+
+def grab_run_call(data, cfg, batch, steps_per_call, seed, cond=True):
+    """The engine's jitted per-call function and initial state, from a copy of ``fit_svi``
+    that stops right after ``jax.jit(run_call)`` (optionally without ``lax.cond``)."""
     src = inspect.getsource(svi_mod.fit_svi)
-    if _COND_LINE not in src:
-        return None, None
-    src = src.replace(_COND_LINE, "new_state, value = step(state)")
-    ns = dict(vars(svi_mod))
-    exec(compile(src, "<fit_svi without lax.cond>", "exec"), ns)  # noqa: S102
-    return ns["fit_svi"], ns
+    if _JIT_LINE not in src or (not cond and _COND_LINE not in src):
+        return None
+    src = src.replace(_JIT_LINE, _JIT_LINE + "    raise _Grab(run_call, state, key_run)\n")
+    if not cond:
+        src = src.replace(_COND_LINE, "new_state, value = step(state)")
+    ns = dict(vars(svi_mod), _Grab=_Grab)
+    exec(compile(src, "<fit_svi copy>", "exec"), ns)  # noqa: S102
+    try:
+        ns["fit_svi"](sparse_perturbation_model, sparse_perturbation_guide, data, batch_size=batch,
+                      max_steps=steps_per_call, seed=seed, learning_rate=LEARNING_RATE,
+                      loss=AlignedELBO(alignment=0.0), static_kwargs={"config": cfg},
+                      steps_per_call=steps_per_call, progress=False)
+    except _Grab as g:
+        return g
+    return None
 
 
-def run_engine(name, model, guide, data, cfg, batch, repeats, steps_per_call, seed, fit=None, ns=None):
-    fit = fit or svi_mod.fit_svi
-    namespaces = [vars(svi_mod)] + ([ns] if ns is not None else [])
+def run_ablations(data, cfg, batch, rounds, seed, work=500):
+    """Interleaved A/B of compiled engine calls in this process: ``lax.cond`` or not at
+    ``steps_per_call=50``, and ``steps_per_call`` 50 vs 500. Each round runs ``work`` steps
+    per variant (calls of ``spc`` steps, each followed by a host read of its losses, as
+    ``fit_svi`` does), rotating the order; also the cost of a call with every step skipped."""
+    variants = {"cond spc=50": (50, True), "no-cond spc=50": (50, False), "cond spc=500": (500, True)}
+    compiled = {}
+    for name, (spc, cond) in variants.items():
+        g = grab_run_call(data, cfg, batch, spc, seed, cond)
+        if g is None:
+            print(f"# ablation {name} skipped: fit_svi no longer has the expected lines")
+            continue
+        t0 = time.perf_counter()
+        fn = g.run_call.lower(g.state, g.key, jnp.int32(spc)).compile()
+        compile_s = time.perf_counter() - t0
+        jax.block_until_ready(fn(g.state, g.key, jnp.int32(spc)))
+        skipped = []
+        for r in range(3):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(g.state, jax.random.fold_in(g.key, r), jnp.int32(0)))
+            skipped.append(time.perf_counter() - t0)
+        compiled[name] = dict(fn=fn, g=g, spc=spc, compile_s=compile_s, wall=[], cpu=[],
+                              skipped_call_ms=1e3 * statistics.median(skipped))
+    names = list(compiled)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            v = compiled[name]
+            t0, c0 = time.perf_counter(), time.process_time()
+            for j in range(work // v["spc"]):
+                _, losses = v["fn"](v["g"].state, jax.random.fold_in(v["g"].key, 1000 * r + j),
+                                    jnp.int32(v["spc"]))
+                np.asarray(jax.device_get(losses))
+            v["wall"].append(work * batch / (time.perf_counter() - t0))
+            v["cpu"].append(work * batch / (time.process_time() - c0))
+    out = []
+    base = statistics.median(compiled[names[0]]["wall"]) if names else float("nan")
+    for name in names:
+        v = compiled[name]
+        out.append({"variant": name, "batch": batch, "steps_per_call": v["spc"], "rounds": rounds,
+                    "work_steps_per_round": work, "windows_cells_per_s": v["wall"],
+                    "windows_cells_per_cpu_s": v["cpu"], "cells_per_s": statistics.median(v["wall"]),
+                    "cells_per_cpu_s": statistics.median(v["cpu"]),
+                    "ratio_to_first": statistics.median(v["wall"]) / base,
+                    "compile_s": v["compile_s"], "all_skipped_call_ms": v["skipped_call_ms"]})
+    return out
+
+
+def run_engine(name, model, guide, data, cfg, batch, repeats, steps_per_call, seed):
     n_cells = data["x"].shape[0]
     if steps_per_call is None:  # the engine's default, reproduced to size the run
         steps_per_call = max(50, min(n_cells // batch, 500))
     max_steps = steps_per_call * (1 + repeats)
-    with _clocked(*namespaces):
+    mark = len(_EVENTS)
+    with _clocked(vars(svi_mod)):
         t0 = time.perf_counter()
-        res = fit(model, guide, data, batch_size=batch, max_steps=max_steps, seed=seed,
+        res = svi_mod.fit_svi(model, guide, data, batch_size=batch, max_steps=max_steps, seed=seed,
                   learning_rate=LEARNING_RATE, loss=AlignedELBO(alignment=0.0),
                   static_kwargs={"config": cfg}, steps_per_call=steps_per_call, progress=False)
         wall = time.perf_counter() - t0
@@ -260,15 +365,18 @@ def run_engine(name, model, guide, data, cfg, batch, repeats, steps_per_call, se
     note = ""
     if clock is not None and len(clock.stamps) == repeats + 2 and all(c == steps_per_call for c in clock.counts):
         windows = [steps_per_call * batch / (b - a) for a, b in zip(clock.stamps[1:-1], clock.stamps[2:])]
+        cpu = [steps_per_call * batch / (b - a) for a, b in zip(clock.cpu[1:-1], clock.cpu[2:])]
     else:
         steady = res.run_seconds - res.compile_seconds
         windows = [(res.n_steps - steps_per_call) * batch / steady]
+        cpu = [float("nan")]
         note = "clock not driven once per call: one window (run - compile)"
     assert res.n_steps == max_steps and np.all(np.isfinite(res.losses)), res.stop_reason
     return {
         "variant": name, "batch": batch, "steps_per_window": steps_per_call,
-        "windows_cells_per_s": windows, "init_s": wall - res.run_seconds,
+        "windows_cells_per_s": windows, "windows_cells_per_cpu_s": cpu, "init_s": wall - res.run_seconds,
         "first_call_s": res.compile_seconds, "macs_per_cell": macs_per_cell(res.params),
+        "trace_lower_s": compile_seconds_since(mark)[0], "xla_compile_s": compile_seconds_since(mark)[1],
         "final_loss_per_cell": float(np.mean(res.losses[-steps_per_call:]) / n_cells), "note": note,
     }
 
@@ -292,6 +400,7 @@ def run_reference(name, model, guide, data, cfg, batch, repeats, steps, seed):
         state_perm["pos"] += batch
         return {k: v[idx] for k, v in data.items()}
 
+    mark = len(_EVENTS)
     t0 = time.perf_counter()
     state = svi.init(jax.random.key(seed), **{k: v[:batch] for k, v in data.items()})
     jax.block_until_ready(state)
@@ -305,24 +414,46 @@ def run_reference(name, model, guide, data, cfg, batch, repeats, steps, seed):
     def window():
         losses = []
         nonlocal state
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for _ in range(steps):
             state, loss = update(state, **next_batch())
             losses.append(loss)
         jax.block_until_ready((state, losses))
-        return time.perf_counter() - t, losses
+        return time.perf_counter() - t, time.process_time() - c, losses
 
     window()  # warm-up, like the engine's first call
-    windows, last = [], None
+    windows, cpu, last = [], [], None
     for _ in range(repeats):
-        seconds, last = window()
+        seconds, cpu_seconds, last = window()
         windows.append(steps * batch / seconds)
+        cpu.append(steps * batch / cpu_seconds)
     params = svi.get_params(state)
     return {
         "variant": name, "batch": batch, "steps_per_window": steps, "windows_cells_per_s": windows,
+        "windows_cells_per_cpu_s": cpu,
         "init_s": init_s, "first_call_s": first_call_s, "macs_per_cell": macs_per_cell(params),
+        "trace_lower_s": compile_seconds_since(mark)[0], "xla_compile_s": compile_seconds_since(mark)[1],
         "final_loss_per_cell": float(np.mean(np.asarray(last)) / n_cells), "note": "",
     }
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+def measure_init(model, guide, data, cfg, batch, seed):
+    """``svi.init`` of the sparse model at the start of the process: cold (first op-by-op run
+    in the process), again (op-by-op, primitives cached), and under ``jax.jit``."""
+    svi = SVI(model, guide, optax.adam(LEARNING_RATE), AlignedELBO(alignment=0.0),
+              n_cells=data["x"].shape[0], config=cfg)
+    first = {k: jnp.asarray(v[:batch]) for k, v in data.items()}
+    key = jax.random.key(seed)
+    out = {}
+    for name, fn in [("init_cold_s", svi.init), ("init_warm_s", svi.init),
+                     ("init_jit_s", jax.jit(svi.init))]:
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(key, **first))
+        out[name] = time.perf_counter() - t0
+    return out
 
 
 # --------------------------------------------------------------------------- GEMM
@@ -357,6 +488,7 @@ def summarise(row, ref, gemm_peak):
     w = row["windows_cells_per_s"]
     row["cells_per_s"] = statistics.median(w)
     row["cells_per_s_min"], row["cells_per_s_max"] = min(w), max(w)
+    row["cells_per_cpu_s"] = statistics.median(row["windows_cells_per_cpu_s"])
     row["ratio_to_ref_a"] = row["cells_per_s"] / ref if ref else float("nan")
     row["gflops"] = row["cells_per_s"] * row["macs_per_cell"] * 3 * 2 / 1e9
     row["roofline_fraction"] = row["gflops"] / gemm_peak
@@ -404,8 +536,12 @@ def main(argv=None):
     print("# fp32 GEMM (jitted jnp.matmul, best of 3): " + ", ".join(
         f"{g['shape']} {g['gflops']:.0f}" for g in gemm) + f" GFLOP/s; peak used {gemm_peak:.0f}")
 
+    init = measure_init(sparse_perturbation_model, sparse_perturbation_guide, data, cfg, a.batch[0], a.seed)
+    print(f"# sparse model svi.init at B={a.batch[0]}: cold (first in process) {init['init_cold_s']:.1f} s, "
+          f"again {init['init_warm_s']:.1f} s, jax.jit(svi.init) {init['init_jit_s']:.1f} s")
+
     rows = []
-    for i, b in enumerate(a.batch):
+    for b in a.batch:
         ref = run_reference("ref-a numpyro jit", sparse_perturbation_model, sparse_perturbation_guide,
                             data, cfg, b, a.repeats, a.steps, a.seed)
         ref_rate = statistics.median(ref["windows_cells_per_s"])
@@ -414,25 +550,10 @@ def main(argv=None):
         if not a.no_vae:
             batch_rows.append(run_engine("ref-b plain VAE (engine)", vae_model, vae_guide, data, cfg, b,
                                          a.repeats, a.steps, a.seed))
-        if i == 0 and not a.no_ablations:
-            short = 10 if a.quick else 50
-            long_ = 100 if a.quick else 500
-            batch_rows.append(run_engine(f"engine spc={short}", sparse_perturbation_model,
-                                         sparse_perturbation_guide, data, cfg, b, a.repeats, short, a.seed))
-            batch_rows.append(run_engine(f"engine spc={long_}", sparse_perturbation_model,
-                                         sparse_perturbation_guide, data, cfg, b, min(a.repeats, 3), long_,
-                                         a.seed))
-            fit_nc, ns = fit_svi_without_cond()
-            if fit_nc is None:
-                print("# engine no-cond skipped: the lax.cond line was not found in fit_svi")
-            else:
-                batch_rows.append(run_engine("engine no-cond", sparse_perturbation_model,
-                                             sparse_perturbation_guide, data, cfg, b, a.repeats, a.steps,
-                                             a.seed, fit=fit_nc, ns=ns))
         rows += [summarise(r, ref_rate, gemm_peak) for r in batch_rows]
 
     head = (f"| {'variant':<26} | {'batch':>5} | {'steps/win':>9} | {'cells/s median (min-max)':<26} | "
-            f"{'vs ref-a':>8} | {'init s':>6} | {'1st call s':>10} | {'MFLOP/cell':>10} | {'GFLOP/s':>7} | "
+            f"{'vs ref-a':>8} | {'cells/CPU-s':>11} | {'init s':>6} | {'1st call s':>10} | {'compile s (trace+lower / XLA)':>29} | {'MFLOP/cell':>10} | {'GFLOP/s':>7} | "
             f"{'roof %':>6} |")
     print()
     print(head)
@@ -440,17 +561,35 @@ def main(argv=None):
     for r in rows:
         rng_s = f"{r['cells_per_s']:,.0f} ({r['cells_per_s_min']:,.0f}-{r['cells_per_s_max']:,.0f})"
         print(f"| {r['variant']:<26} | {r['batch']:>5} | {r['steps_per_window']:>9} | {rng_s:<26} | "
-              f"{r['ratio_to_ref_a']:>8.2f} | {r['init_s']:>6.1f} | {r['first_call_s']:>10.1f} | "
+              f"{r['ratio_to_ref_a']:>8.2f} | {r['cells_per_cpu_s']:>11,.0f} | {r['init_s']:>6.1f} | {r['first_call_s']:>10.1f} | "
+              f"{r['trace_lower_s'] + r['xla_compile_s']:>13.1f} ({r['trace_lower_s']:>4.1f} / {r['xla_compile_s']:>4.1f}) | "
               f"{r['macs_per_cell'] * 6 / 1e6:>10.2f} | {r['gflops']:>7.1f} | "
               f"{100 * r['roofline_fraction']:>5.1f}% |" + (f"  {r['note']}" if r["note"] else ""))
+    ablations = []
+    if a.ablations:
+        ablations = run_ablations(data, cfg, a.batch[0], a.ablation_rounds, a.seed)
+        print(f"\n# ablations, B={a.batch[0]}: compiled engine calls, interleaved, {a.ablation_rounds} rounds "
+              "of 500 steps per variant (host read of the losses after every call)")
+        print("| variant          | cells/s median (min-max)   | vs first | cells/CPU-s | compile s | all-skipped call ms |")
+        print("|------------------|----------------------------|----------|-------------|-----------|---------------------|")
+        for r in ablations:
+            w = r["windows_cells_per_s"]
+            rng_s = f"{r['cells_per_s']:,.0f} ({min(w):,.0f}-{max(w):,.0f})"
+            print(f"| {r['variant']:<16} | {rng_s:<26} | {r['ratio_to_first']:>8.3f} | {r['cells_per_cpu_s']:>11,.0f} | "
+                  f"{r['compile_s']:>9.1f} | {r['all_skipped_call_ms']:>19.1f} |")
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     total = time.perf_counter() - t0
     print(f"\n# roof % = (cells/s x MFLOP/cell) / {gemm_peak:.0f} GFLOP/s measured GEMM; "
           "MFLOP/cell = 3 x 2 x forward MACs of the dense layers")
+    print("# cells/CPU-s: cells per second of this process's CPU time (all threads), median over the "
+          "windows; steadier than wall time when other processes compete for the cores")
+    print("# init s: before the first compiled call (primitives already cached by the start-up line); "
+          "1st call s: engine FitResult.compile_seconds (compile + steps/win steps), ref-a first update "
+          "(compile + 1 step); compile s: jax.monitoring compile events during the fit (trace + lowering / XLA)")
     print(f"# peak RSS {peak_rss_mib:,.0f} MiB; total {total:.0f} s")
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"meta": meta, "gemm": gemm, "gemm_peak_gflops": gemm_peak, "rows": rows,
+            json.dump({"meta": meta, "init": init, "gemm": gemm, "gemm_peak_gflops": gemm_peak, "rows": rows, "ablations": ablations,
                        "peak_rss_mib": peak_rss_mib, "total_seconds": total}, fh, indent=2)
         print(f"# wrote {a.json}")
 

@@ -73,9 +73,11 @@ class SparsePerturbationVAE:
     ----------
     adata : anndata.AnnData
         Data registered with :meth:`setup_anndata`.
-    n_latent_invariant, n_latent_response, n_hidden, n_layers, likelihood, sparsity, \
-mask_probability, effect_scale, scm_graph, couple_invariant, alignment, activation, networks
-        See :class:`~causalzoo.models.sparse_perturbation.SparsePerturbationConfig`.
+    **config_kwargs
+        Hyper-parameters: ``n_latent_invariant``, ``n_latent_response``, ``n_hidden``,
+        ``n_layers``, ``likelihood``, ``sparsity``, ``mask_probability``, ``effect_scale``,
+        ``scm_graph``, ``couple_invariant``, ``alignment``, ``activation``, ``networks``; see
+        :class:`~causalzoo.models.sparse_perturbation.SparsePerturbationConfig`.
 
     Examples
     --------

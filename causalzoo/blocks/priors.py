@@ -17,6 +17,7 @@ do not care which one was used.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,6 +27,7 @@ import numpyro
 import numpyro.distributions as dist
 from jax import lax
 from numpyro.distributions import constraints
+from numpyro.distributions.kl import kl_divergence
 
 from .._errors import CausalZooError
 
@@ -80,6 +82,15 @@ class StraightThroughBernoulli(dist.Distribution):
     def variance(self):
         p = jax.nn.sigmoid(self.logits)
         return p * (1.0 - p)
+
+
+@kl_divergence.register(StraightThroughBernoulli, dist.BernoulliProbs)
+def _kl_straight_through_bernoulli(q, p):
+    """Analytic ``KL(q || p)`` of the mask, so mean-field ELBOs get its exact gradient."""
+    log_q1, log_q0 = jax.nn.log_sigmoid(q.logits), jax.nn.log_sigmoid(-q.logits)
+    q1 = jnp.exp(log_q1)
+    probs = jnp.clip(p.probs, 1e-7, 1 - 1e-7)
+    return q1 * (log_q1 - jnp.log(probs)) + (1 - q1) * (log_q0 - jnp.log1p(-probs))
 
 
 @dataclass(frozen=True)
@@ -138,7 +149,7 @@ class BernoulliMask(SparsityPrior):
                 "effect", dist.Normal(0.0, self.effect_scale).expand([n_latent]).to_event(1)
             )
             mask = numpyro.sample(
-                "mask", dist.Bernoulli(probs=self.probability).expand([n_latent]).to_event(1)
+                "mask", dist.Bernoulli(probs=jnp.full((n_latent,), self.probability)).to_event(1)
             )
         return mask * effect
 
@@ -146,7 +157,10 @@ class BernoulliMask(SparsityPrior):
         shape = (n_perturbations, n_latent)
         loc = numpyro.param("effect_loc", jnp.zeros(shape))
         log_scale = numpyro.param("effect_log_scale", jnp.full(shape, -2.0))
-        logits = numpyro.param("mask_logits", jnp.zeros(shape))
+        # Start at the prior: masks switch on where the data ask for it, rather than
+        # starting dense and having to be pruned against a weak KL gradient.
+        prior_logit = math.log(self.probability) - math.log1p(-self.probability)
+        logits = numpyro.param("mask_logits", jnp.full(shape, prior_logit))
         with numpyro.plate("perturbations", n_perturbations):
             numpyro.sample("effect", dist.Normal(loc, jnp.exp(log_scale)).to_event(1))
             numpyro.sample(

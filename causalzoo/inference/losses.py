@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 from numpyro.handlers import seed, substitute, trace
-from numpyro.infer import Trace_ELBO
+from numpyro.infer import TraceMeanField_ELBO
 
 __all__ = ["AlignedELBO"]
 
 
-class AlignedELBO(Trace_ELBO):
+class AlignedELBO(TraceMeanField_ELBO):
     """``-ELBO + alignment * n_cells * mean(guide's alignment site)``.
+
+    The ELBO is NumPyro's mean-field estimator: analytic KL terms where a closed form is
+    registered (Gaussian effects and ``z_inv``, the straight-through Bernoulli masks of
+    :mod:`causalzoo.blocks.priors`), Monte Carlo elsewhere (``z_resp`` against the SCM's
+    multivariate normal, point-estimated weights).
 
     The guide records a per-cell deterministic site (``"alignment_distance"`` in the sparse
     perturbation guide); this loss reads it from a trace of the guide with the same parameters
     and adds it, scaled to the whole data set like the ELBO's cell terms. With
-    ``alignment=0`` it is exactly :class:`numpyro.infer.Trace_ELBO`.
+    ``alignment=0`` it is exactly :class:`numpyro.infer.TraceMeanField_ELBO`.
 
     ``can_infer_discrete`` is ``True`` because the zoo's only discrete latents (sparse masks)
     are sampled with straight-through estimators in the guide, which makes them

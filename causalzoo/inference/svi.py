@@ -324,7 +324,7 @@ def fit_svi(
             bar.update(n_active)
             bar.set_postfix({"elbo/cell": f"{-mean_loss / n_cells:.4g}"}, refresh=False)
             if early_stopping:
-                if mean_loss < best - early_stopping.min_delta * abs(best):
+                if not np.isfinite(best) or mean_loss < best - early_stopping.min_delta * abs(best):
                     best, best_step = mean_loss, done
                 elif done >= early_stopping.min_steps and done - best_step >= early_stopping.patience:
                     stop_reason = "plateau"
