@@ -7,8 +7,9 @@ NumPy (default 20,000 cells x 2,000 genes, mean ~2.6, ~55% zeros, 50 perturbatio
 control group, one-hot design). Compare the *ratios* inside one run: absolute cells/s drift
 with the machine and with whatever else runs on it.
 
-Variants (all fit the same data with ``optax.adam(1e-3)`` and the same loss,
-``AlignedELBO(alignment=0)``, i.e. the plain single-sample ELBO):
+Variants (all fit the same data with ``optax.adam(1e-3)`` and the package's loss,
+``AlignedELBO(alignment=0)``: one-particle ELBO, NumPyro's mean-field estimator with
+analytic KL terms where registered, as of 2026-11-23):
 
 ``engine``
     :func:`causalzoo.inference.fit_svi` on the sparse perturbation model
@@ -71,8 +72,8 @@ MAC. The machine's achievable fp32 GEMM rate is measured in the same run with ji
 denominator of ``roof %`` = achieved GFLOP/s / measured GEMM GFLOP/s.
 
 ``--mallopt`` sets glibc's ``M_MMAP_THRESHOLD`` 32 MiB, ``M_TRIM_THRESHOLD`` 2 GiB and
-``M_TOP_PAD`` 256 MiB at the start of ``main``, before the data are made (the allocator churn that slows per-step
-dispatch, see the peers' measurements); off by default.
+``M_TOP_PAD`` 256 MiB at the start of ``main``, before the data are made (the allocator
+churn that slows per-step dispatch, see the peers' measurements); off by default.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=None,
                    help="steps per timed window = engine steps_per_call (default: the engine's, "
                         "about one epoch, 50..500)")
-    p.add_argument("--repeats", type=int, default=None, help="timed windows per variant (default 5; 3 with --quick)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="timed windows per variant (default 5; 3 with --quick)")
     p.add_argument("--quick", action="store_true", help="tiny run: 2000 cells x 200 genes, 20-step windows")
     p.add_argument("--ablations", action="store_true",
                    help="also time steps_per_call 50 vs 500 and the scan without lax.cond, interleaved "
@@ -318,13 +320,13 @@ def run_ablations(data, cfg, batch, rounds, seed, work=500):
         fn = g.run_call.lower(g.state, g.key, jnp.int32(spc)).compile()
         compile_s = time.perf_counter() - t0
         jax.block_until_ready(fn(g.state, g.key, jnp.int32(spc)))
-        skipped = []
-        for r in range(3):
+        skipped = []  # without the cond nothing can be switched off: n_active=0 still runs every step
+        for r in range(3 if cond else 0):
             t0 = time.perf_counter()
             jax.block_until_ready(fn(g.state, jax.random.fold_in(g.key, r), jnp.int32(0)))
             skipped.append(time.perf_counter() - t0)
         compiled[name] = dict(fn=fn, g=g, spc=spc, compile_s=compile_s, wall=[], cpu=[],
-                              skipped_call_ms=1e3 * statistics.median(skipped))
+                              skipped_call_ms=1e3 * statistics.median(skipped) if skipped else None)
     names = list(compiled)
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
@@ -363,7 +365,8 @@ def run_engine(name, model, guide, data, cfg, batch, repeats, steps_per_call, se
         wall = time.perf_counter() - t0
         clock = _CallClock.last
     note = ""
-    if clock is not None and len(clock.stamps) == repeats + 2 and all(c == steps_per_call for c in clock.counts):
+    per_call = clock is not None and len(clock.stamps) == repeats + 2
+    if per_call and all(c == steps_per_call for c in clock.counts):
         windows = [steps_per_call * batch / (b - a) for a, b in zip(clock.stamps[1:-1], clock.stamps[2:])]
         cpu = [steps_per_call * batch / (b - a) for a, b in zip(clock.cpu[1:-1], clock.cpu[2:])]
     else:
@@ -495,6 +498,17 @@ def summarise(row, ref, gemm_peak):
     return row
 
 
+def print_table(headers, rows):
+    """A Markdown table; a row's cells beyond the headers are printed after it as a note."""
+    rows = [[str(c) for c in row] for row in rows]
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in rows:
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        print("| " + " | ".join(cells) + " |" + "".join(f"  {c}" for c in row[len(headers):]))
+
+
 def cpu_model():
     try:
         with open("/proc/cpuinfo") as fh:
@@ -552,31 +566,32 @@ def main(argv=None):
                                          a.repeats, a.steps, a.seed))
         rows += [summarise(r, ref_rate, gemm_peak) for r in batch_rows]
 
-    head = (f"| {'variant':<26} | {'batch':>5} | {'steps/win':>9} | {'cells/s median (min-max)':<26} | "
-            f"{'vs ref-a':>8} | {'cells/CPU-s':>11} | {'init s':>6} | {'1st call s':>10} | {'compile s (trace+lower / XLA)':>29} | {'MFLOP/cell':>10} | {'GFLOP/s':>7} | "
-            f"{'roof %':>6} |")
     print()
-    print(head)
-    print("|" + "|".join("-" * (len(c)) for c in head.split("|")[1:-1]) + "|")
-    for r in rows:
-        rng_s = f"{r['cells_per_s']:,.0f} ({r['cells_per_s_min']:,.0f}-{r['cells_per_s_max']:,.0f})"
-        print(f"| {r['variant']:<26} | {r['batch']:>5} | {r['steps_per_window']:>9} | {rng_s:<26} | "
-              f"{r['ratio_to_ref_a']:>8.2f} | {r['cells_per_cpu_s']:>11,.0f} | {r['init_s']:>6.1f} | {r['first_call_s']:>10.1f} | "
-              f"{r['trace_lower_s'] + r['xla_compile_s']:>13.1f} ({r['trace_lower_s']:>4.1f} / {r['xla_compile_s']:>4.1f}) | "
-              f"{r['macs_per_cell'] * 6 / 1e6:>10.2f} | {r['gflops']:>7.1f} | "
-              f"{100 * r['roofline_fraction']:>5.1f}% |" + (f"  {r['note']}" if r["note"] else ""))
+    print_table(
+        ["variant", "batch", "steps/win", "cells/s median (min-max)", "vs ref-a", "cells/CPU-s",
+         "init s", "1st call s", "compile s (trace+lower / XLA)", "MFLOP/cell", "GFLOP/s", "roof %"],
+        [[r["variant"], r["batch"], r["steps_per_window"],
+          f"{r['cells_per_s']:,.0f} ({r['cells_per_s_min']:,.0f}-{r['cells_per_s_max']:,.0f})",
+          f"{r['ratio_to_ref_a']:.2f}", f"{r['cells_per_cpu_s']:,.0f}", f"{r['init_s']:.1f}",
+          f"{r['first_call_s']:.1f}",
+          f"{r['trace_lower_s'] + r['xla_compile_s']:.1f} "
+          f"({r['trace_lower_s']:.1f} / {r['xla_compile_s']:.1f})",
+          f"{r['macs_per_cell'] * 6 / 1e6:.2f}", f"{r['gflops']:.1f}", f"{100 * r['roofline_fraction']:.1f}%"]
+         + ([r["note"]] if r["note"] else []) for r in rows])
     ablations = []
     if a.ablations:
         ablations = run_ablations(data, cfg, a.batch[0], a.ablation_rounds, a.seed)
-        print(f"\n# ablations, B={a.batch[0]}: compiled engine calls, interleaved, {a.ablation_rounds} rounds "
-              "of 500 steps per variant (host read of the losses after every call)")
-        print("| variant          | cells/s median (min-max)   | vs first | cells/CPU-s | compile s | all-skipped call ms |")
-        print("|------------------|----------------------------|----------|-------------|-----------|---------------------|")
-        for r in ablations:
-            w = r["windows_cells_per_s"]
-            rng_s = f"{r['cells_per_s']:,.0f} ({min(w):,.0f}-{max(w):,.0f})"
-            print(f"| {r['variant']:<16} | {rng_s:<26} | {r['ratio_to_first']:>8.3f} | {r['cells_per_cpu_s']:>11,.0f} | "
-                  f"{r['compile_s']:>9.1f} | {r['all_skipped_call_ms']:>19.1f} |")
+        print(f"\n# ablations, B={a.batch[0]}: compiled engine calls, interleaved, {a.ablation_rounds} "
+              "rounds of 500 steps per variant (host read of the losses after every call)")
+        print_table(
+            ["variant", "cells/s median (min-max)", "vs first", "cells/CPU-s", "compile s",
+             "all-skipped call ms"],
+            [[r["variant"],
+              f"{r['cells_per_s']:,.0f} ({min(r['windows_cells_per_s']):,.0f}-"
+              f"{max(r['windows_cells_per_s']):,.0f})",
+              f"{r['ratio_to_first']:.3f}", f"{r['cells_per_cpu_s']:,.0f}", f"{r['compile_s']:.1f}",
+              "n/a" if r["all_skipped_call_ms"] is None else f"{r['all_skipped_call_ms']:.1f}"]
+             for r in ablations])
     peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     total = time.perf_counter() - t0
     print(f"\n# roof % = (cells/s x MFLOP/cell) / {gemm_peak:.0f} GFLOP/s measured GEMM; "
@@ -585,11 +600,13 @@ def main(argv=None):
           "windows; steadier than wall time when other processes compete for the cores")
     print("# init s: before the first compiled call (primitives already cached by the start-up line); "
           "1st call s: engine FitResult.compile_seconds (compile + steps/win steps), ref-a first update "
-          "(compile + 1 step); compile s: jax.monitoring compile events during the fit (trace + lowering / XLA)")
+          "(compile + 1 step); compile s: jax.monitoring compile events during the variant "
+          "(trace + lowering / XLA)")
     print(f"# peak RSS {peak_rss_mib:,.0f} MiB; total {total:.0f} s")
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"meta": meta, "init": init, "gemm": gemm, "gemm_peak_gflops": gemm_peak, "rows": rows, "ablations": ablations,
+            json.dump({"meta": meta, "init": init, "gemm": gemm, "gemm_peak_gflops": gemm_peak,
+                       "rows": rows, "ablations": ablations,
                        "peak_rss_mib": peak_rss_mib, "total_seconds": total}, fh, indent=2)
         print(f"# wrote {a.json}")
 

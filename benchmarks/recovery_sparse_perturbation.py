@@ -31,20 +31,23 @@ def linear_r2(y, x):
     return 1 - (y - x1 @ coef).var(0) / y.var(0)
 
 
-def run(shuffle: bool, steps: int, seed: int) -> dict:
+def run(shuffle: bool, steps: int, seed: int, lr: float = 1e-3, n_perturbations: int = 6,
+        n_latent: int = 4, alignment: float = 0.0) -> dict:
     data = cz.identifiability.generators.sparse_perturbation(
-        n_perturbations=6, n_cells_per_condition=150, n_latent_invariant=2,
-        n_latent_response=4, n_genes=100, noise_scale=0.3, seed=seed,
+        n_perturbations=n_perturbations, n_cells_per_condition=150, n_latent_invariant=2,
+        n_latent_response=n_latent, n_genes=100, noise_scale=0.3, seed=seed,
     )
     u = data.u
     if shuffle:
         u = u[np.random.default_rng(seed + 1).permutation(len(u))]
     model = cz.SparsePerturbationVAE.from_arrays(
-        data.x, u, n_latent_invariant=2, n_latent_response=4, n_hidden=64,
+        data.x, u, n_latent_invariant=2, n_latent_response=n_latent, n_hidden=64,
         scm_graph="none", couple_invariant=False, mask_probability=0.02, effect_scale=3.0,
+        alignment=alignment,
     )
     start = time.perf_counter()
-    model.fit(max_steps=steps, batch_size=128, seed=seed, progress=False, early_stopping=False)
+    model.fit(max_steps=steps, batch_size=128, seed=seed, progress=False, early_stopping=False,
+              learning_rate=lr)
     z = model.get_latent_representation()
     z_inv, z_resp = z[:, :2], z[:, 2:]
     score, matching = mcc(data.z_resp, z_resp, return_matching=True)
@@ -65,8 +68,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-3, help="network learning rate")
+    parser.add_argument("--perturbations", type=int, default=6)
+    parser.add_argument("--latents", type=int, default=4, help="response latents")
+    parser.add_argument("--alignment", type=float, default=0.0)
     args = parser.parse_args()
-    rows = [run(False, args.steps, args.seed), run(True, args.steps, args.seed)]
+    kw = {"lr": args.lr, "n_perturbations": args.perturbations, "n_latent": args.latents,
+          "alignment": args.alignment}
+    rows = [run(False, args.steps, args.seed, **kw), run(True, args.steps, args.seed, **kw)]
     keys = list(rows[0])
     print("  ".join(f"{k:>18}" for k in keys))
     for row in rows:

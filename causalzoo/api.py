@@ -309,18 +309,29 @@ class SparsePerturbationVAE:
             raise CausalZooError("The model is not fitted yet: call .fit() first.")
 
     # ------------------------------------------------------------------ posterior
-    def _encode(self, arrays) -> dict[str, np.ndarray]:
-        """Posterior means and scales of ``z_inv`` and ``z_resp`` for every cell, in chunks."""
-        params = self.params
+    def _compiled(self, name: str, build):
+        """A jitted function built once per model instance (parameters are an argument, so a
+        refit or a new call reuses the compiled code)."""
+        cache = self.__dict__.setdefault("_compiled_fns", {})
+        if name not in cache:
+            cache[name] = jax.jit(build())
+        return cache[name]
+
+    def _build_encoder(self):
         kwargs = self._model_kwargs()
 
-        @jax.jit
-        def encode(x, design):
+        def encode(params, x, design):
             guide = handlers.substitute(handlers.seed(sparse_perturbation_guide, 0), params)
             tr = handlers.trace(guide).get_trace(x=x, design=design, **kwargs)
             inv, resp = tr["z_inv"]["fn"].base_dist, tr["z_resp"]["fn"].base_dist
             return inv.loc, inv.scale, resp.loc, resp.scale
 
+        return encode
+
+    def _encode(self, arrays) -> dict[str, np.ndarray]:
+        """Posterior means and scales of ``z_inv`` and ``z_resp`` for every cell, in chunks of
+        one fixed size (the last one padded), so one compilation serves any number of cells."""
+        encode = self._compiled("encode", self._build_encoder)
         n = arrays["x"].shape[0]
         chunk = min(_CHUNK, n)
         outs = []
@@ -329,7 +340,7 @@ class SparsePerturbationVAE:
             pad = chunk - (stop - start)
             x = np.pad(arrays["x"][start:stop], ((0, pad), (0, 0)))
             d = np.pad(arrays["design"][start:stop], ((0, pad), (0, 0)))
-            outs.append([np.asarray(o)[: stop - start] for o in encode(x, d)])
+            outs.append([np.asarray(o)[: stop - start] for o in encode(self.params, x, d)])
         names = ("z_inv_loc", "z_inv_scale", "z_resp_loc", "z_resp_scale")
         return {name: np.concatenate([o[i] for o in outs]) for i, name in enumerate(names)}
 
@@ -450,6 +461,9 @@ class SparsePerturbationVAE:
         self._require_fit()
         if isinstance(conditions, str):
             conditions = [conditions]
+        conditions = list(conditions)
+        if not conditions:
+            raise CausalZooError("predict needs at least one condition, e.g. ['A+B'].")
         if not isinstance(n_cells, (int, np.integer)) or n_cells < 1:
             raise CausalZooError(f"n_cells must be a positive integer; got {n_cells!r}.")
         if not self.reference:
@@ -473,30 +487,25 @@ class SparsePerturbationVAE:
                     f"{self._control_contexts()}."
                 )
         rng = np.random.default_rng(seed)
-        key = jax.random.key(seed)
-        blocks, obs_frames, z_inv_all, z_resp_all = [], [], [], []
-        for i, label in enumerate(labels):
-            pick = rng.choice(pool, size=n_cells, replace=n_cells > pool.size)
-            eps = rng.standard_normal((n_cells, self.config.n_latent_invariant))
-            z_inv = ref["z_inv_loc"][pick] + ref["z_inv_scale"][pick] * eps
-            cov = self._one_hot(ref["covariate_codes"][pick])
-            lib = ref["library_size"][pick]
-            x, z_resp = self._simulate(
-                jax.random.fold_in(key, i), z_inv, lib, np.repeat(design[i : i + 1], n_cells, 0),
-                cov,
-            )
-            blocks.append(x)
-            z_inv_all.append(z_inv)
-            z_resp_all.append(z_resp)
-            frame = pd.DataFrame(
-                {"condition": label, "library_size": lib, "source_cell": ref["obs_names"][pick]}
-            )
-            for j, k in enumerate(reg.covariate_keys):
-                cats = np.asarray(reg.covariate_categories[k])
-                frame[k] = cats[ref["covariate_codes"][pick, j]]
-            obs_frames.append(frame)
-        values = np.concatenate(blocks).astype(np.float32)
-        obs = pd.concat(obs_frames, ignore_index=True)
+        picks, eps_all = [], []
+        for _ in labels:
+            picks.append(rng.choice(pool, size=n_cells, replace=n_cells > pool.size))
+            eps_all.append(rng.standard_normal((n_cells, self.config.n_latent_invariant)))
+        pick = np.concatenate(picks)
+        z_inv = ref["z_inv_loc"][pick] + ref["z_inv_scale"][pick] * np.concatenate(eps_all)
+        lib = ref["library_size"][pick]
+        values, z_resp = self._simulate(
+            jax.random.key(seed), z_inv, lib, np.repeat(design, n_cells, axis=0),
+            self._one_hot(ref["covariate_codes"][pick]),
+        )
+        obs = pd.DataFrame(
+            {"condition": np.repeat(labels, n_cells), "library_size": lib,
+             "source_cell": ref["obs_names"][pick]}
+        )
+        for j, k in enumerate(reg.covariate_keys):
+            cats = np.asarray(reg.covariate_categories[k])
+            obs[k] = cats[ref["covariate_codes"][pick, j]]
+        values = values.astype(np.float32)
         for col in ["condition", *reg.covariate_keys]:
             obs[col] = pd.Categorical(obs[col])
         obs.index = [f"pred{i}" for i in range(len(obs))]
@@ -505,8 +514,8 @@ class SparsePerturbationVAE:
         out = anndata.AnnData(X=matrix, obs=obs, var=var)
         if self.config.likelihood_block.count_data:
             out.layers["counts"] = matrix.copy()
-        out.obsm["z_inv"] = np.concatenate(z_inv_all).astype(np.float32)
-        out.obsm["z_resp"] = np.concatenate(z_resp_all).astype(np.float32)
+        out.obsm["z_inv"] = z_inv.astype(np.float32)
+        out.obsm["z_resp"] = z_resp.astype(np.float32)
         out.uns["causalzoo"] = {"model": MODEL_NAME, "seed": int(seed)}
         return out
 
@@ -527,18 +536,13 @@ class SparsePerturbationVAE:
             for row in contexts
         ]
 
-    def _simulate(self, key, z_inv, library_size, design, covariates):
-        """Draw cells from the model with ``z_inv`` given and one posterior draw of the global
-        latents per cell."""
-        params = self.params
-        kwargs = self._model_kwargs()
-        n_perturbations = design.shape[1]
+    def _build_simulator(self):
+        config, kwargs = self.config, self._model_kwargs()
 
-        @jax.jit
-        def simulate(key, z_inv, library_size, design, covariates):
+        def simulate(params, key, z_inv, library_size, design, covariates):
             key_globals, key_cells = jax.random.split(key)
             draws = Predictive(
-                partial(global_guide, n_perturbations, config=self.config),
+                partial(global_guide, design.shape[1], config=config),
                 params=params,
                 num_samples=z_inv.shape[0],
             )(key_globals)
@@ -556,8 +560,24 @@ class SparsePerturbationVAE:
             keys = jax.random.split(key_cells, z_inv.shape[0])
             return jax.vmap(one)(keys, draws, z_inv, library_size, design, covariates)
 
-        x, z_resp = simulate(key, z_inv, library_size, design, covariates)
-        return np.asarray(x), np.asarray(z_resp)
+        return simulate
+
+    def _simulate(self, key, z_inv, library_size, design, covariates):
+        """Draw cells from the model with ``z_inv`` given and one posterior draw of the global
+        latents per cell; the cell count is padded to a multiple of 256 so that predictions of
+        similar sizes share one compilation."""
+        simulate = self._compiled("simulate", self._build_simulator)
+        n = z_inv.shape[0]
+        pad = -n % 256
+
+        def padded(a):
+            return np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), mode="edge")
+
+        x, z_resp = simulate(
+            self.params, key, padded(z_inv), padded(library_size), padded(design),
+            padded(covariates),
+        )
+        return np.asarray(x)[:n], np.asarray(z_resp)[:n]
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:

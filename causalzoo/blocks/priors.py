@@ -105,6 +105,7 @@ class SparsityPrior:
         raise NotImplementedError
 
     def guide(self, n_perturbations: int, n_latent: int):  # pragma: no cover - interface
+        """Declare the variational factors and return the guide's draw of the shifts."""
         raise NotImplementedError
 
     def mask_probability(self, params):  # pragma: no cover - interface
@@ -162,10 +163,11 @@ class BernoulliMask(SparsityPrior):
         prior_logit = math.log(self.probability) - math.log1p(-self.probability)
         logits = numpyro.param("mask_logits", jnp.full(shape, prior_logit))
         with numpyro.plate("perturbations", n_perturbations):
-            numpyro.sample("effect", dist.Normal(loc, jnp.exp(log_scale)).to_event(1))
-            numpyro.sample(
+            effect = numpyro.sample("effect", dist.Normal(loc, jnp.exp(log_scale)).to_event(1))
+            mask = numpyro.sample(
                 "mask", StraightThroughBernoulli(logits, self.temperature).to_event(1)
             )
+        return mask * effect
 
     def mask_probability(self, params):
         return jax.nn.sigmoid(params["mask_logits"])
@@ -210,7 +212,7 @@ class Horseshoe(SparsityPrior):
                 "local_shrinkage",
                 dist.LogNormal(local_loc, jnp.exp(local_log_scale)).to_event(1),
             )
-            numpyro.sample("effect", dist.Normal(loc, jnp.exp(log_scale)).to_event(1))
+            return numpyro.sample("effect", dist.Normal(loc, jnp.exp(log_scale)).to_event(1))
 
     def mask_probability(self, params):
         tau = jnp.exp(params["global_shrinkage_loc"])

@@ -109,6 +109,8 @@ def as_key(seed: int | jax.Array) -> jax.Array:
         return jax.random.key(int(seed))
     if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
         return seed
+    if isinstance(seed, jax.Array) and seed.dtype == jnp.uint32 and seed.shape == (2,):
+        return jax.random.wrap_key_data(seed)  # a legacy jax.random.PRNGKey
     raise CausalZooError(f"seed must be an int or a jax.random.key; got {seed!r}.")
 
 
@@ -247,6 +249,10 @@ def fit_svi(
     steps_per_epoch = n_cells // batch_size
     if steps_per_call is None:
         steps_per_call = min(max_steps, max(50, min(steps_per_epoch, 500)))
+    if not isinstance(steps_per_call, (int, np.integer)) or steps_per_call < 1:
+        raise CausalZooError(
+            f"steps_per_call must be a positive integer; got {steps_per_call!r}."
+        )
     steps_per_call = int(min(steps_per_call, max_steps))
     if early_stopping is True:
         early_stopping = EarlyStopping()
@@ -264,7 +270,9 @@ def fit_svi(
     # Permutations per call: enough epochs to cover steps_per_call batches.
     n_perms = math.ceil(steps_per_call / steps_per_epoch)
 
-    def run_call(state, call_key, n_active):
+    # The data are an argument, not a closure: a closed-over array would be baked into the
+    # compiled program as a constant (slow to compile, and a second copy in memory).
+    def run_call(state, call_key, n_active, device_data):
         perm_keys = jax.random.split(call_key, n_perms + 1)
         perms = jax.vmap(lambda k: jax.random.permutation(k, n_cells))(perm_keys[1:])
         idx = perms[:, : steps_per_epoch * batch_size].reshape(-1, batch_size)[:steps_per_call]
@@ -298,21 +306,21 @@ def fit_svi(
         for call in range(n_calls):
             n_active = min(steps_per_call, max_steps - done)
             new_state, call_losses = run_call(
-                state, jax.random.fold_in(key_run, call), jnp.int32(n_active)
+                state, jax.random.fold_in(key_run, call), jnp.int32(n_active), device_data
             )
             call_losses = np.asarray(jax.device_get(call_losses))[:n_active]
             if call == 0:
                 compile_seconds = time.perf_counter() - start
             if not np.all(np.isfinite(call_losses)):
-                first_bad = int(np.argmax(~np.isfinite(call_losses)))
-                losses.append(call_losses[:first_bad])
-                done += first_bad
+                # The state is only inspected between calls: keep the one from the end of the
+                # previous call, and report the losses and steps that lead to it.
+                first_bad = done + int(np.argmax(~np.isfinite(call_losses))) + 1
                 stop_reason = "non_finite"
                 warnings.warn(
-                    f"{description}: the loss became non-finite at step {done + 1}; the fit "
-                    f"stopped and kept the parameters of step {done - first_bad} (the last "
-                    "state checked finite). Try a smaller learning_rate, or check the data "
-                    "for extreme values.",
+                    f"{description}: the loss became non-finite at step {first_bad}; the fit "
+                    f"stopped and kept the parameters after step {done} (the last state "
+                    "checked finite). Try a smaller learning_rate, or check the data for "
+                    "extreme values.",
                     RuntimeWarning,
                     stacklevel=2,
                 )

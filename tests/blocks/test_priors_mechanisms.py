@@ -69,6 +69,24 @@ def test_straight_through_log_prob_equals_bernoulli():
     )
 
 
+def test_straight_through_analytic_kl():
+    from numpyro.distributions.kl import kl_divergence
+
+    logits = jnp.array([-3.0, -0.2, 0.0, 1.5])
+    probs = jnp.array([0.2, 0.2, 0.5, 0.01])
+    q1 = jax.nn.sigmoid(logits)
+    expected = q1 * jnp.log(q1 / probs) + (1 - q1) * jnp.log((1 - q1) / (1 - probs))
+    kl = kl_divergence(StraightThroughBernoulli(logits), dist.Bernoulli(probs=probs))
+    np.testing.assert_allclose(kl, expected, rtol=1e-5, atol=1e-7)
+    # through to_event, as the model and guide use it
+    kl = kl_divergence(
+        StraightThroughBernoulli(logits[None]).to_event(1),
+        dist.Bernoulli(probs=probs[None]).to_event(1),
+    )
+    np.testing.assert_allclose(kl, expected.sum()[None], rtol=1e-5)
+    assert np.all(np.asarray(kl) >= 0)
+
+
 # ---------------------------------------------------------------- sparsity blocks
 
 
@@ -98,6 +116,8 @@ def test_bernoulli_mask_model_and_guide_shapes():
     params = {n for n, s in gtr.items() if s["type"] == "param"}
     assert params == {"effect_loc", "effect_log_scale", "mask_logits"}
     assert gtr["mask_logits"]["value"].shape == (t, k)
+    # the mask starts at its prior
+    np.testing.assert_allclose(jax.nn.sigmoid(gtr["mask_logits"]["value"]), 0.3, rtol=1e-5)
     p = block.mask_probability({"mask_logits": jnp.zeros((t, k))})
     np.testing.assert_allclose(p, 0.5)
     np.testing.assert_allclose(block.effect_mean({"effect_loc": jnp.ones((t, k))}), 1.0)
@@ -162,7 +182,8 @@ def test_scm_distribution_matches_numpy(noise):
     mean = rng.normal(size=(6, k)).astype(np.float32)
     d = LinearGaussianSCM(noise_scale=noise).distribution(jnp.asarray(mean), jnp.asarray(w))
     inv = np.linalg.inv(np.eye(k) - w)
-    np.testing.assert_allclose(d.loc, mean @ inv.T, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(d.mean, mean @ inv.T, rtol=1e-5, atol=1e-5)
+    assert d.batch_shape == (6,) and d.event_shape == (k,)
     np.testing.assert_allclose(
         np.asarray(d.covariance_matrix).reshape(-1, k, k)[0], inv @ inv.T * noise**2,
         rtol=1e-5, atol=1e-5,
@@ -171,6 +192,26 @@ def test_scm_distribution_matches_numpy(noise):
     z = rng.normal(size=(6, k)).astype(np.float32)
     ref = dist.MultivariateNormal(mean @ inv.T, covariance_matrix=inv @ inv.T * noise**2)
     np.testing.assert_allclose(d.log_prob(z), ref.log_prob(z), rtol=1e-4, atol=1e-4)
+    # samples have that mean and covariance
+    draws = np.asarray(d.sample(jax.random.key(0), (4000,)))
+    assert draws.shape == (4000, 6, k)
+    np.testing.assert_allclose(draws.mean(0), mean @ inv.T, atol=0.15 * noise * np.abs(inv).max())
+    cov = np.cov(draws[:, 0].T)
+    np.testing.assert_allclose(cov, inv @ inv.T * noise**2, atol=0.15 * np.abs(inv @ inv.T).max())
+    # and the samples are differentiable in the mean (reparameterised)
+    grad = jax.grad(lambda m: LinearGaussianSCM(noise_scale=noise).distribution(
+        m, jnp.asarray(w)).sample(jax.random.key(1)).sum())(jnp.asarray(mean))
+    np.testing.assert_allclose(grad, np.broadcast_to(inv.sum(0), mean.shape), rtol=1e-4)
+
+
+def test_scm_distribution_is_a_pytree():
+    w = jnp.asarray(np.tril(np.full((3, 3), 0.4), -1), jnp.float32)
+    mean = jnp.ones((4, 3))
+    d = jax.jit(lambda m: LinearGaussianSCM().distribution(m, w))(mean)
+    ref = LinearGaussianSCM().distribution(mean, w)
+    np.testing.assert_allclose(d.mean, ref.mean, rtol=1e-6)
+    z = jnp.zeros((4, 3))
+    np.testing.assert_allclose(d.log_prob(z), ref.log_prob(z), rtol=1e-6)
 
 
 def test_scm_zero_weights_is_independent_normal():

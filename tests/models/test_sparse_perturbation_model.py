@@ -488,3 +488,10 @@ def test_mask_probability_config_is_used():
     cfg = SparsePerturbationConfig(**SMALL, mask_probability=0.05, effect_scale=0.3)
     block = cfg.sparsity_block
     assert block.probability == 0.05 and block.effect_scale == 0.3
+
+
+def test_sparsity_name_case_keeps_mask_probability():
+    cfg = SparsePerturbationConfig(**SMALL, sparsity="Bernoulli", mask_probability=0.05,
+                                   effect_scale=0.3)
+    block = cfg.sparsity_block
+    assert block.probability == 0.05 and block.effect_scale == 0.3
