@@ -47,7 +47,7 @@ def run(shuffle: bool, steps: int, seed: int, lr: float = 1e-3, n_perturbations:
         alignment=alignment, learn_noise=learn_noise,
     )
     start = time.perf_counter()
-    model.fit(max_steps=steps, batch_size=128, seed=seed, progress=False, early_stopping=False,
+    model.fit(max_steps=steps, batch_size=128, seed=0, progress=False, early_stopping=False,
               learning_rate=lr)
     z = model.get_latent_representation()
     z_inv, z_resp = z[:, :2], z[:, 2:]
@@ -55,7 +55,7 @@ def run(shuffle: bool, steps: int, seed: int, lr: float = 1e-3, n_perturbations:
     return {
         "labels": "shuffled" if shuffle else "true",
         "mcc_resp": score,
-        "floor_rotation": entangled_floor(data.z_resp, seed=seed)["rotation"],
+        "floor_rotation": entangled_floor(data.z_resp, seed=0)["rotation"],
         "r2_resp_from_resp": linear_r2(data.z_resp, z_resp).mean(),
         "r2_resp_from_both": linear_r2(data.z_resp, z).mean(),
         "r2_inv_from_inv": linear_r2(data.z_inv, z_inv).mean(),
@@ -68,7 +68,7 @@ def run(shuffle: bool, steps: int, seed: int, lr: float = 1e-3, n_perturbations:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2500)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="generator seed (the fit uses 0)")
     parser.add_argument("--lr", type=float, default=1e-3, help="network learning rate")
     parser.add_argument("--perturbations", type=int, default=6)
     parser.add_argument("--latents", type=int, default=4, help="response latents")

@@ -34,6 +34,7 @@ from .data import (
     get_registry,
     setup_anndata,
 )
+from .data.anndata import _one_hot as covariate_one_hot
 from .inference import AlignedELBO, EarlyStopping, FitResult, fit_svi, two_speed_adam
 from .models.sparse_perturbation import (
     SparsePerturbationConfig,
@@ -520,13 +521,7 @@ class SparsePerturbationVAE:
         return out
 
     def _one_hot(self, codes):
-        reg = self.registry
-        out = np.zeros((codes.shape[0], reg.n_covariates), np.float32)
-        offset = 0
-        for j, k in enumerate(reg.covariate_keys):
-            out[np.arange(codes.shape[0]), offset + codes[:, j]] = 1
-            offset += len(reg.covariate_categories[k])
-        return out
+        return covariate_one_hot(codes, self.registry, np.float32)
 
     def _control_contexts(self) -> list[dict[str, str]]:
         reg = self.registry
