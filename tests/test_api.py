@@ -326,3 +326,23 @@ def test_fit_argument_errors(adata):
     assert not model.is_fitted
     with pytest.raises(CausalZooError):
         SparsePerturbationVAE(adata, n_latent_response=0)
+
+
+def test_predict_a_perturbation_never_observed_in_that_context():
+    """P2 is only ever seen in cell type A; predicting it in B uses B's control cells and B's
+    covariates (Kang-style covariate transfer)."""
+    adata = make_adata()
+    labels = adata.obs["perturbation"].astype(str).to_numpy()
+    cell_type = np.where(labels == "P2", "A", np.where(np.arange(adata.n_obs) % 2, "B", "A"))
+    adata.obs["cell_type"] = pd.Categorical(cell_type)
+    assert not ((labels == "P2") & (cell_type == "B")).any()
+    SparsePerturbationVAE.setup_anndata(adata, covariate_keys=["cell_type"])
+    model = SparsePerturbationVAE(adata, **SMALL)
+    model.fit(max_steps=40, batch_size=32, progress=False, seed=0)
+    in_b = model.predict("P2", n_cells=N_CELLS, covariates={"cell_type": "B"}, seed=1)
+    in_a = model.predict("P2", n_cells=N_CELLS, covariates={"cell_type": "A"}, seed=1)
+    src = in_b.obs["source_cell"].astype(str)
+    assert set(adata.obs.loc[src, "cell_type"].astype(str)) == {"B"}
+    assert set(adata.obs.loc[src, "perturbation"].astype(str)) == {"control"}
+    assert set(in_b.obs["cell_type"].astype(str)) == {"B"}
+    assert not np.array_equal(in_a.layers["counts"].toarray(), in_b.layers["counts"].toarray())
