@@ -17,7 +17,7 @@ import numpyro
 from flax import nnx
 from numpyro.contrib.module import nnx_module
 
-__all__ = ["MLP", "GaussianEncoder", "attach", "network_rngs"]
+__all__ = ["MLP", "GaussianEncoder", "attach", "default_factory", "network_rngs"]
 
 _ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,
