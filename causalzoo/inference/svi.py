@@ -21,6 +21,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from functools import partial
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,7 +267,11 @@ def fit_svi(
     key = as_key(seed)
     key_init, key_run = jax.random.split(key)
     first = batch_fn(key_init, jnp.arange(batch_size), device_data)
-    state = svi.init(key_init, init_params=dict(init_params) if init_params else None, **first)
+    # Compiled, initialisation takes a few seconds instead of running the model and guide op
+    # by op (7-15 s cold on 2 cores, benchmarks/README.md).
+    state = jax.jit(partial(svi.init, **first))(
+        key_init, init_params=dict(init_params) if init_params else None
+    )
     # Permutations per call: enough epochs to cover steps_per_call batches.
     n_perms = math.ceil(steps_per_call / steps_per_epoch)
 
