@@ -236,7 +236,8 @@ class SparsePerturbationVAE:
         data = {k: arrays[k] for k in ("x", "design", "covariates", "library_size")}
         batch_fn = None
         if self.config.alignment > 0:
-            batch_fn = self._alignment_batch_fn(arrays, data)
+            data["context"], _ = _context_ids(arrays["covariate_codes"])
+            batch_fn = self._alignment_batch_fn(arrays["is_control"], data["context"])
         if not learning_rate > 0 or (global_learning_rate is not None and not global_learning_rate > 0):
             raise CausalZooError(
                 f"learning rates must be > 0; got learning_rate={learning_rate!r}, "
@@ -278,10 +279,11 @@ class SparsePerturbationVAE:
 
     train = fit
 
-    def _alignment_batch_fn(self, arrays, data):
-        """Pair each minibatch cell with a random control cell of the same covariates."""
-        context, _ = _context_ids(arrays["covariate_codes"])
-        control_idx = np.flatnonzero(arrays["is_control"])
+    @staticmethod
+    def _alignment_batch_fn(is_control, context):
+        """Pair each minibatch cell with a random control cell of the same covariate context
+        (``data["context"]``, one id per cell)."""
+        control_idx = np.flatnonzero(is_control)
         if control_idx.size == 0:
             raise CausalZooError(
                 "alignment > 0 needs control cells to align to, and none were found; set "
@@ -294,7 +296,6 @@ class SparsePerturbationVAE:
         width = max(p.size for p in pools)
         table = jnp.asarray(np.stack([np.resize(p, width) for p in pools]))
         counts = jnp.asarray([p.size for p in pools])
-        data["context"] = context
 
         def batch_fn(key, idx, data):
             batch = {k: data[k][idx] for k in ("x", "design", "covariates", "library_size")}

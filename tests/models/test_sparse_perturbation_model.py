@@ -237,21 +237,27 @@ def test_prior_predictive():
     # independent draws across samples
     assert not np.allclose(pred["z_inv"][0], pred["z_inv"][1])
 
+def _eager_svi(cfg, x, design, *, learning_rate, n_steps):
+    """A few eager SVI steps (no jit: one compilation per configuration would cost more than
+    these steps); returns the losses and the parameters."""
+    svi = numpyro.infer.SVI(
+        sparse_perturbation_model, sparse_perturbation_guide, numpyro.optim.Adam(learning_rate),
+        AlignedELBO(), config=cfg,
+    )
+    state = svi.init(jax.random.key(0), x=x, design=design)
+    losses = []
+    for _ in range(n_steps):
+        state, loss = svi.update(state, x=x, design=design)
+        losses.append(float(loss))
+    return np.array(losses), svi.get_params(state)
+
 
 @pytest.fixture(scope="module")
 def short_fit():
     """A few eager SVI steps (shares its compiled ops with ``test_few_svi_steps``)."""
     x, design = make_data()
-    svi = numpyro.infer.SVI(
-        sparse_perturbation_model, sparse_perturbation_guide, numpyro.optim.Adam(1e-2),
-        AlignedELBO(), config=CFG,
-    )
-    state = svi.init(jax.random.key(0), x=x, design=design)
-    losses = []
-    for _ in range(5):
-        state, loss = svi.update(state, x=x, design=design)
-        losses.append(float(loss))
-    return x, design, np.array(losses), svi.get_params(state)
+    losses, params = _eager_svi(CFG, x, design, learning_rate=1e-2, n_steps=5)
+    return x, design, losses, params
 
 
 def test_posterior_predictive(short_fit):
@@ -401,18 +407,8 @@ def test_few_svi_steps(likelihood, sparsity):
     if likelihood == "gaussian":
         x = jnp.log1p(x)
     cfg = SparsePerturbationConfig(**SMALL, likelihood=likelihood, sparsity=sparsity)
-    svi = numpyro.infer.SVI(
-        sparse_perturbation_model, sparse_perturbation_guide, numpyro.optim.Adam(1e-3),
-        AlignedELBO(), config=cfg,
-    )
-    # eager (no jit): one compilation per likelihood would cost more than these steps
-    state = svi.init(jax.random.key(0), x=x, design=design)
-    losses = []
-    for _ in range(3):
-        state, loss = svi.update(state, x=x, design=design)
-        losses.append(float(loss))
+    losses, params = _eager_svi(cfg, x, design, learning_rate=1e-3, n_steps=3)
     assert np.all(np.isfinite(losses))
-    params = svi.get_params(state)
     mask_p = np.asarray(cfg.sparsity_block.mask_probability(params))
     assert mask_p.shape == (T, K_RESP)
     assert np.all((mask_p >= 0) & (mask_p <= 1))
