@@ -50,7 +50,7 @@ def fitted(adata):
 @pytest.fixture(scope="module")
 def prediction(fitted):
     """Two conditions in one call, counting how often the model is traced meanwhile."""
-    import causalzoo.api as api
+    import causalzoo.api.sparse_perturbation as api
 
     traces = []
     original = api.sparse_perturbation_model

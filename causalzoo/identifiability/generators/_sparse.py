@@ -1,19 +1,16 @@
-"""Seeded ground-truth generators for identifiability tests.
-
-Each generator returns a frozen dataclass holding the observations ``x``, the auxiliary
-variable ``u`` (for perturbation data: the design) and the true latents ``z``, plus every
-parameter of the generative story, so that recovery can be scored against the truth.
-"""
+"""The sparse-perturbation count generator (known masks, effects and latent SCM)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._errors import CausalZooError
+from ..._errors import CausalZooError
+from ._checks import check_float as _check_float
+from ._checks import check_int as _check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
@@ -133,26 +130,6 @@ class SparsePerturbationData:
             "seed": int(self.seed),
         }
         return adata
-
-
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise CausalZooError(f"{name}={value!r} must be an integer >= {minimum}.")
-    return int(value)
-
-
-def _check_float(name: str, value: Any, low: float, high: float | None = None,
-                 low_open: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise CausalZooError(f"{name}={value!r} must be a number.") from None
-    bad = (v <= low if low_open else v < low) or (high is not None and v > high)
-    if not np.isfinite(v) or bad:
-        lo = "(" if low_open else "["
-        hi = f"{high}]" if high is not None else "inf)"
-        raise CausalZooError(f"{name}={value!r} must lie in {lo}{low}, {hi}.")
-    return v
 
 
 def _sample_mask(rng: np.random.Generator, t: int, k: int, density: float) -> np.ndarray:

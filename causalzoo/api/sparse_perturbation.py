@@ -1,14 +1,13 @@
-"""The user classes: AnnData in, fitted zoo models out (scvi-tools style).
+"""``SparsePerturbationVAE``: the user class of the sparse perturbation model.
 
-The classes are thin plumbing over :mod:`causalzoo.models`: they map AnnData fields to model
+The class is thin plumbing over :mod:`causalzoo.models`: it maps AnnData fields to model
 arguments (through :mod:`causalzoo.data`), run the engine of :mod:`causalzoo.inference`, and
-keep what a fitted model needs to predict, save and load. The probabilistic program itself is
+keeps what a fitted model needs to predict, save and load. The probabilistic program itself is
 the plain NumPyro function in ``models/``.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -23,9 +22,9 @@ from numpy.typing import ArrayLike
 from numpyro import handlers
 from numpyro.infer import Predictive
 
-from . import _io
-from ._errors import CausalZooError
-from .data import (
+from .. import _io
+from .._errors import CausalZooError
+from ..data import (
     AnnDataRegistry,
     canonical_condition,
     design_matrix,
@@ -34,26 +33,21 @@ from .data import (
     get_registry,
     setup_anndata,
 )
-from .data.anndata import _one_hot as covariate_one_hot
-from .inference import AlignedELBO, EarlyStopping, FitResult, fit_svi, two_speed_adam
-from .models.sparse_perturbation import (
+from ..data.anndata import _one_hot as covariate_one_hot
+from ..inference import AlignedELBO, EarlyStopping, FitResult, fit_svi, two_speed_adam
+from ..models.sparse_perturbation import (
     SparsePerturbationConfig,
     global_guide,
     sparse_perturbation_guide,
     sparse_perturbation_model,
 )
+from ._common import package_version as _version
+from ._common import register_user_class
 
-__all__ = ["SparsePerturbationVAE", "load"]
+__all__ = ["SparsePerturbationVAE"]
 
 MODEL_NAME = "sparse_perturbation"
 _CHUNK = 2048
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version("causalzoo")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
-        return "unknown"
 
 
 def _context_ids(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -629,28 +623,4 @@ class SparsePerturbationVAE:
         )
 
 
-_CLASSES = {MODEL_NAME: SparsePerturbationVAE}
-
-
-def load(path: str | Path, adata=None, *, networks=None):
-    """Load a model saved with ``.save(path)``.
-
-    Parameters
-    ----------
-    path : str or Path
-        The saved directory.
-    adata : anndata.AnnData, optional
-        Data to attach (for latent representations); must have the saved genes, keys and
-        vocabularies. Prediction works without it.
-    networks : mapping, optional
-        The custom network factories the model was built with, if any.
-    """
-    meta, _ = _io.read_model_dir(path, ())
-    name = meta.get("model")
-    if name not in _CLASSES:
-        raise CausalZooError(
-            f"{str(path)!r} holds a model {name!r} that this causalzoo does not know; known: "
-            f"{sorted(_CLASSES)}."
-        )
-    meta, arrays = _io.read_model_dir(path, ("params", "reference", "history"))
-    return _CLASSES[name]._from_saved(meta, arrays, adata=adata, networks=networks)
+register_user_class(MODEL_NAME, SparsePerturbationVAE)

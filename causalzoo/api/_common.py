@@ -1,0 +1,58 @@
+"""What every user class shares: the package version stamp, the class registry, ``load``."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Any
+
+from .. import _io
+from .._errors import CausalZooError
+
+__all__ = ["load", "package_version", "register_user_class"]
+
+_CLASSES: dict[str, Any] = {}
+_GROUPS = ("params", "reference", "history")
+
+
+def package_version() -> str:
+    """The installed causalzoo version, written into every saved model."""
+    try:
+        return importlib.metadata.version("causalzoo")
+    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
+        return "unknown"
+
+
+def register_user_class(model_name: str, cls: Any) -> None:
+    """Make ``cz.load`` rebuild saved models whose ``model`` field is ``model_name``.
+
+    ``cls`` needs a classmethod ``_from_saved(meta, arrays, adata=None, networks=None)``;
+    ``cls._saved_groups`` (optional) names the ``.npz`` groups it saved (default: params,
+    reference, history).
+    """
+    _CLASSES[model_name] = cls
+
+
+def load(path: str | Path, adata=None, *, networks=None):
+    """Load a model saved with ``.save(path)``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The saved directory.
+    adata : anndata.AnnData, optional
+        Data to attach (for latent representations); must have the saved genes, keys and
+        vocabularies. Prediction works without it.
+    networks : mapping, optional
+        The custom network factories the model was built with, if any.
+    """
+    meta, _ = _io.read_model_dir(path, ())
+    name = meta.get("model")
+    if name not in _CLASSES:
+        raise CausalZooError(
+            f"{str(path)!r} holds a model {name!r} that this causalzoo does not know; known: "
+            f"{sorted(_CLASSES)}."
+        )
+    cls = _CLASSES[name]
+    meta, arrays = _io.read_model_dir(path, getattr(cls, "_saved_groups", _GROUPS))
+    return cls._from_saved(meta, arrays, adata=adata, networks=networks)

@@ -1,0 +1,31 @@
+"""Argument checks shared by the generators (each error names the argument and its range)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..._errors import CausalZooError
+
+__all__ = ["check_float", "check_int"]
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise CausalZooError(f"{name}={value!r} must be an integer >= {minimum}.")
+    return int(value)
+
+
+def check_float(name: str, value: Any, low: float, high: float | None = None,
+                 low_open: bool = False) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise CausalZooError(f"{name}={value!r} must be a number.") from None
+    bad = (v <= low if low_open else v < low) or (high is not None and v > high)
+    if not np.isfinite(v) or bad:
+        lo = "(" if low_open else "["
+        hi = f"{high}]" if high is not None else "inf)"
+        raise CausalZooError(f"{name}={value!r} must lie in {lo}{low}, {hi}.")
+    return v
