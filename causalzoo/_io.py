@@ -2,11 +2,15 @@
 
 Nothing is pickled (``numpy.load(..., allow_pickle=False)``), so loading a directory someone
 sent cannot run code. A directory is written to a temporary sibling first and renamed into
-place, so an interrupted save never leaves a half-written model where a good one was.
+place, so an interrupted save never leaves a half-written model where a good one was. The
+JSON records the SHA-256 of every ``.npz`` file, so a truncated, corrupted or swapped array
+file is reported as such instead of loading wrong numbers.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -46,6 +50,14 @@ def flatten_params(params: dict[str, Any]) -> tuple[dict[str, np.ndarray], list]
 
 def unflatten_params(arrays: dict[str, np.ndarray], paths: list) -> dict[str, Any]:
     """Inverse of :func:`flatten_params`."""
+    expected = {f"p{i}" for i in range(len(paths))}
+    if set(arrays) != expected:
+        missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+        raise CausalZooError(
+            f"The saved parameters do not match their description: {len(arrays)} arrays for "
+            f"{len(paths)} parameters (missing {missing[:5]}, unexpected {extra[:5]}). The "
+            "directory is partial or was edited; save the model again."
+        )
     tree: dict[Any, Any] = {}
     for i, keys in enumerate(paths):
         node = tree
@@ -68,8 +80,14 @@ def write_model_dir(path: str | os.PathLike, meta: dict, arrays: dict[str, dict[
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        checksums = {}
         for group, named in arrays.items():
-            np.savez(tmp / f"{group}.npz", **named)
+            buffer = io.BytesIO()
+            np.savez(buffer, **named)
+            payload = buffer.getvalue()
+            checksums[f"{group}.npz"] = hashlib.sha256(payload).hexdigest()
+            (tmp / f"{group}.npz").write_bytes(payload)
+        meta = {**meta, "checksums": checksums}
         (tmp / CONFIG_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         if path.exists():
             backup = path.with_name(f".{path.name}.old")
@@ -101,6 +119,11 @@ def read_model_dir(path: str | os.PathLike, groups: tuple[str, ...]):
         meta = json.loads(config.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CausalZooError(f"{str(config)!r} is corrupted ({err}).") from None
+    if not isinstance(meta, dict):
+        raise CausalZooError(
+            f"{str(config)!r} is corrupted: it holds a JSON {type(meta).__name__}, not the "
+            "model description."
+        )
     version = meta.get("format_version")
     if version != FORMAT_VERSION:
         raise CausalZooError(
@@ -113,9 +136,17 @@ def read_model_dir(path: str | os.PathLike, groups: tuple[str, ...]):
         file = path / f"{group}.npz"
         if not file.is_file():
             raise CausalZooError(f"{str(path)!r} is missing {file.name}: the save is incomplete.")
+        payload = file.read_bytes()
+        expected = (meta.get("checksums") or {}).get(file.name)
+        if expected is not None and hashlib.sha256(payload).hexdigest() != expected:
+            raise CausalZooError(
+                f"{str(file)!r} is corrupted: its checksum differs from the one recorded at "
+                f"save time in {CONFIG_FILE} (truncated, damaged or replaced). Save the model "
+                "again, or copy the whole directory anew."
+            )
         try:
-            with np.load(file, allow_pickle=False) as npz:
+            with np.load(io.BytesIO(payload), allow_pickle=False) as npz:
                 arrays[group] = {k: npz[k] for k in npz.files}
-        except (ValueError, OSError, EOFError) as err:
+        except (ValueError, OSError, EOFError, KeyError) as err:
             raise CausalZooError(f"{str(file)!r} is corrupted ({err}).") from None
     return meta, arrays

@@ -55,4 +55,16 @@ def load(path: str | Path, adata=None, *, networks=None):
         )
     cls = _CLASSES[name]
     meta, arrays = _io.read_model_dir(path, getattr(cls, "_saved_groups", _GROUPS))
-    return cls._from_saved(meta, arrays, adata=adata, networks=networks)
+    try:
+        return cls._from_saved(meta, arrays, adata=adata, networks=networks)
+    except CausalZooError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+        # A field missing or malformed in causalzoo.json: say so rather than show the bare
+        # traceback of the rebuild.
+        raise CausalZooError(
+            f"{str(path)!r} could not be rebuilt as a {name!r} model ({type(err).__name__}: "
+            f"{err}). Its {_io.CONFIG_FILE} is incomplete or was edited, or it was saved by "
+            f"an incompatible causalzoo ({meta.get('causalzoo_version', '?')}; this is "
+            f"{package_version()}). Save the model again with this version."
+        ) from err

@@ -280,7 +280,8 @@ def check_count_matrix(
     Raises
     ------
     CausalZooError
-        For an unsupported matrix type or dtype, NaN/inf, negative values, non-integer values
+        For an unsupported matrix type or dtype, NaN/inf, values beyond the float32 range,
+        negative values, non-integer values
         when ``count_data`` is true, or cells with zero total counts when ``count_data`` is true.
 
     Examples
@@ -318,6 +319,14 @@ def check_count_matrix(
             "Expression values must be finite: recompute them from the raw counts, or drop the "
             "affected cells/genes."
         )
+    limit = float(np.finfo(np.float32).max)
+    if values.size and dtype != np.bool_ and np.abs(values).max() > limit:
+        n_bad = int(np.count_nonzero(np.abs(values) > limit))
+        raise CausalZooError(
+            f"{where} contains {n_bad} value(s) beyond the float32 range "
+            f"({at(lambda d: np.abs(d) > limit)}); models compute in float32, where these "
+            "become infinite. Check how the matrix was produced (raw counts are far smaller)."
+        )
     if dtype != np.bool_ and values.size and values.min() < 0:
         n_bad = int(np.count_nonzero(values < 0))
         raise CausalZooError(
@@ -346,6 +355,14 @@ def check_count_matrix(
             )
     if count_data:
         totals = np.asarray(matrix.sum(axis=1, dtype=np.float64)).ravel()
+        huge = np.flatnonzero(totals > limit)
+        if huge.size:
+            first = int(huge[0])
+            raise CausalZooError(
+                f"{huge.size} cell(s) in {where} have a total count beyond the float32 range "
+                f"(first: cell {first}{_name(obs_names, first)}, {totals[first]:.3g}); the "
+                "library size would be infinite. These are not raw counts: check the matrix."
+            )
         empty = np.flatnonzero(totals == 0)
         if empty.size:
             first = int(empty[0])

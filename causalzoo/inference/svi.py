@@ -11,29 +11,46 @@ Design, in the words of ``DESIGN.md``'s performance rules:
 * the host sees the device once per call: to update the progress bar, record the losses and
   check for a plateau or a non-finite loss.
 
-The same seed gives the same result on CPU. ``KeyboardInterrupt`` stops the fit and returns
-the parameters reached so far; a non-finite loss stops it and returns the last finite state.
+Reliability (``docs/guides/reliability.md``):
+
+* the same seed gives bit-identical results on CPU: call ``c`` draws its minibatches and ELBO
+  noise from ``fold_in(key, c)``, so the randomness of a call depends only on the seed and the
+  call's index, never on what ran before in the process;
+* with ``checkpoint_dir`` the SVI state (parameters, optimiser state, RNG key), the step, the
+  loss history and the early-stopping and back-off bookkeeping are written atomically every
+  ``checkpoint_every`` steps (:mod:`causalzoo.inference.checkpoint`), and ``resume=True``
+  continues from them to the same parameters as an uninterrupted fit;
+* ``KeyboardInterrupt`` (Ctrl-C) writes a checkpoint and returns the parameters reached;
+* a non-finite loss, or a non-finite parameter at the end of a call, stops the fit with the
+  parameters of the last step whose loss was finite and a diagnosis (the step, and which
+  sample site's log-density or which parameter's gradient went non-finite), found by
+  re-running that step outside the compiled loop; ``on_nonfinite="backoff"`` halves the
+  learning rate from there instead of stopping.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
-from functools import partial
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from numpyro.handlers import replay, seed, substitute, trace
 from numpyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
 from .._errors import CausalZooError
+from . import checkpoint as _ckpt
 
 __all__ = ["EarlyStopping", "FitResult", "fit_svi", "as_key", "two_speed_adam"]
 
@@ -88,6 +105,14 @@ class FitResult:
         Time to the end of the first compiled call (compilation included) and in total.
     state : Any
         The final optimiser state (for continuing a fit).
+    diagnosis : str or None
+        Why the fit stopped on a non-finite loss or parameter (``stop_reason ==
+        "non_finite"``), or what the learning-rate back-offs were; ``None`` otherwise.
+    resumed_from : int
+        Steps restored from a checkpoint (0 for a fresh fit). ``losses`` and ``n_steps``
+        always cover the whole fit, restored steps included.
+    checkpoint : pathlib.Path or None
+        The checkpoint directory, when one was used.
     """
 
     params: dict[str, Any]
@@ -97,6 +122,9 @@ class FitResult:
     compile_seconds: float
     run_seconds: float
     state: Any = field(default=None, repr=False)
+    diagnosis: str | None = None
+    resumed_from: int = 0
+    checkpoint: Path | None = None
 
     @property
     def elbo(self) -> np.ndarray:
@@ -148,7 +176,7 @@ def _default_batch(key, idx, data):
     return {name: value[idx] for name, value in data.items()}
 
 
-def _validate(data, batch_size, max_steps, learning_rate):
+def _validate(data, batch_size, max_steps, learning_rate, check_learning_rate=True):
     if not data:
         raise CausalZooError("fit_svi needs at least one data array.")
     sizes = {name: np.shape(v)[0] if np.ndim(v) else None for name, v in data.items()}
@@ -158,18 +186,246 @@ def _validate(data, batch_size, max_steps, learning_rate):
         raise CausalZooError(
             f"All data arrays must share their first (cell) axis; sizes were {sizes}."
         )
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if not _is_int(batch_size) or batch_size < 1:
         raise CausalZooError(f"batch_size must be a positive integer; got {batch_size!r}.")
     if batch_size > n_cells:
         raise CausalZooError(
             f"batch_size={batch_size} is larger than the {n_cells} cells: pass "
             f"batch_size<={n_cells} (or leave it unset to use min(256, n_cells))."
         )
-    if not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+    if not _is_int(max_steps) or max_steps < 1:
         raise CausalZooError(f"max_steps must be a positive integer; got {max_steps!r}.")
-    if learning_rate is not None and not learning_rate > 0:
-        raise CausalZooError(f"learning_rate must be > 0; got {learning_rate!r}.")
+    if check_learning_rate and not (
+        isinstance(learning_rate, (int, float, np.integer, np.floating))
+        and not isinstance(learning_rate, bool)
+        and 0 < learning_rate < np.inf
+    ):
+        raise CausalZooError(
+            f"learning_rate must be a finite number > 0 (e.g. 1e-3); got {learning_rate!r}."
+        )
     return n_cells
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+# ---------------------------------------------------------------- learning-rate back-off
+
+_BACKOFF_FACTOR = 0.5
+_MAX_BACKOFFS = 8
+_ON_NONFINITE = ("stop", "backoff")
+
+
+class _StepScale(NamedTuple):
+    """Multiplies the optimiser's updates; halved by each learning-rate back-off."""
+
+    scale: jax.Array
+
+
+def _with_step_scale(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    # Always present (x * 1.0 is exact, so results do not change) so that a checkpoint of a
+    # fit that stopped can be resumed with on_nonfinite="backoff" and vice versa.
+    def init(params):
+        del params
+        return _StepScale(jnp.ones((), jnp.float32))
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u: u * state.scale.astype(u.dtype), updates), state
+
+    return optax.chain(optimizer, optax.GradientTransformation(init, update))
+
+
+def _scale_steps(state, factor: float):
+    def f(node):
+        return _StepScale(node.scale * factor) if isinstance(node, _StepScale) else node
+
+    return jax.tree.map(f, state, is_leaf=lambda node: isinstance(node, _StepScale))
+
+
+# ---------------------------------------------------------------- state <-> plain arrays
+
+
+def _is_key(leaf) -> bool:
+    return isinstance(leaf, jax.Array) and jnp.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+
+
+def _state_arrays(state) -> tuple[dict[str, np.ndarray], list]:
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    arrays, described = {}, []
+    for i, (path, leaf) in enumerate(leaves):
+        value = jax.random.key_data(leaf) if _is_key(leaf) else leaf
+        arrays[f"s{i}"] = np.asarray(jax.device_get(value))
+        described.append([jax.tree_util.keystr(path), list(arrays[f"s{i}"].shape),
+                          str(arrays[f"s{i}"].dtype)])
+    return arrays, described
+
+
+def _restore_state(template, arrays: Mapping[str, np.ndarray], where: str):
+    """Put saved leaves into the structure of a freshly initialised state, checking that
+    every leaf has the path, shape and dtype it has now (same model, guide and optimiser)."""
+    flat, treedef = jax.tree_util.tree_flatten_with_path(template)
+    n_saved = sum(1 for k in arrays if k.startswith("s") and k[1:].isdigit())
+    if n_saved != len(flat):
+        raise CausalZooError(
+            f"The checkpoint in {where!r} holds {n_saved} state arrays but this fit has "
+            f"{len(flat)}: it was written by a different model, guide or optimiser. Resume "
+            "with the same set-up, or pass another checkpoint_dir to start afresh."
+        )
+    leaves = []
+    for i, (path, leaf) in enumerate(flat):
+        saved = arrays[f"s{i}"]
+        now = np.asarray(jax.random.key_data(leaf) if _is_key(leaf) else leaf)
+        if saved.shape != now.shape or saved.dtype != now.dtype:
+            raise CausalZooError(
+                f"The checkpoint in {where!r} does not fit this model: state "
+                f"{jax.tree_util.keystr(path)} is {saved.dtype}{list(saved.shape)} there and "
+                f"{now.dtype}{list(now.shape)} here (different sizes or data). Resume with "
+                "the same model configuration and data, or pass another checkpoint_dir."
+            )
+        if _is_key(leaf):
+            leaves.append(jax.random.wrap_key_data(jnp.asarray(saved),
+                                                   impl=jax.random.key_impl(leaf)))
+        else:
+            # .at[...].set keeps the template's dtype and weak type: the compiled call sees
+            # exactly the types of an uninterrupted fit.
+            leaves.append(leaf.at[...].set(jnp.asarray(saved)))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+
+def _check_fingerprint(saved: Mapping[str, Any], now: Mapping[str, Any], where: str) -> None:
+    differ = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    if differ:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {now.get(k)!r} now"
+                          for k in differ)
+        raise CausalZooError(
+            f"The checkpoint in {where!r} belongs to another fit ({shown}). Resume with the "
+            "same data, batch_size, seed, steps_per_call and learning rates, or pass another "
+            "checkpoint_dir to start afresh."
+        )
+
+
+# ---------------------------------------------------------------- non-finite diagnosis
+
+
+def _nonfinite_count(x) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return jnp.int32(0)
+    return jnp.sum(~jnp.isfinite(x)).astype(jnp.int32)
+
+
+def _named_counts(tree) -> dict[str, jax.Array]:
+    return {jax.tree_util.keystr(path): _nonfinite_count(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _step_kwargs(svi, state, batch):
+    # exactly what svi.update feeds the loss at this state
+    return jax.random.split(state.rng_key)[1], {**batch, **svi.static_kwargs}
+
+
+def _site_counts(svi, state, batch):
+    """Per sample site: non-finite values and log-density entries, as the ELBO sees them."""
+    rng_step, kwargs = _step_kwargs(svi, state, batch)
+    params = svi.get_params(state)
+    model_seed, guide_seed = jax.random.split(rng_step)
+    guide_tr = trace(substitute(seed(svi.guide, guide_seed), data=params)).get_trace(**kwargs)
+    model = substitute(replay(seed(svi.model, model_seed), guide_tr), data=params)
+    model_tr = trace(model).get_trace(**kwargs)
+    counts = {}
+    for where, tr in (("guide", guide_tr), ("model", model_tr)):
+        for name, site in tr.items():
+            if site["type"] != "sample":
+                continue
+            try:
+                log_density = site["fn"].log_prob(site["value"])
+            except Exception:  # a distribution without a usable log_prob: values only
+                log_density = jnp.zeros(())
+            counts[f"{where}:{name}"] = (_nonfinite_count(site["value"]),
+                                         _nonfinite_count(log_density),
+                                         jnp.int32(np.size(log_density)))
+    loss = svi.loss.loss(rng_step, params, svi.model, svi.guide, **kwargs)
+    return counts, loss
+
+
+def _grad_counts(svi, state, batch):
+    rng_step, kwargs = _step_kwargs(svi, state, batch)
+    unconstrained = svi.optim.get_params(state.optim_state)
+
+    def loss_fn(p):
+        return svi.loss.loss(rng_step, svi.constrain_fn(p), svi.model, svi.guide, **kwargs)
+
+    return _named_counts(jax.grad(loss_fn)(unconstrained))
+
+
+def _param_counts(svi, state):
+    return _named_counts(svi.optim.get_params(state.optim_state))
+
+
+def _bad(counts: Mapping[str, Any]) -> list[str]:
+    return [f"{name} ({int(n)} value{'s' if int(n) > 1 else ''})"
+            for name, n in counts.items() if int(n)]
+
+
+def _diagnose_forward(svi, state, batch, step: int) -> str:
+    counts, loss = jax.jit(partial(_site_counts, svi))(state, batch)
+    found = []
+    for site, (n_value, n_density, size) in counts.items():
+        where, name = site.split(":", 1)
+        if int(n_value):
+            found.append(f"the {where}'s sample site {name!r} has {int(n_value)} non-finite "
+                         "value(s)")
+        elif int(n_density):
+            found.append(f"the log-density of the {where}'s sample site {name!r} is "
+                         f"non-finite ({int(n_density)} of {int(size)} entries)")
+    if found:
+        return f"At step {step} the loss is non-finite: " + "; ".join(found) + "."
+    if np.isfinite(float(loss)):
+        return (f"At step {step} the loss was non-finite in the compiled loop but is finite "
+                "when the step is re-run on its own (a numerical corner case).")
+    return (f"At step {step} the loss is non-finite although every sample site's value and "
+            "log-density are finite: a term outside them is not (an analytic KL divergence, "
+            "or an extra loss term such as the alignment penalty).")
+
+
+def _diagnose_update(svi, good, bad, batch, step: int) -> str:
+    params = _bad(jax.jit(partial(_param_counts, svi))(bad))
+    grads = _bad(jax.jit(partial(_grad_counts, svi))(good, batch))
+    text = f"The update of step {step} made these parameters non-finite: {', '.join(params)}."
+    if grads:
+        return text + f" The gradient was non-finite in: {', '.join(grads)}."
+    return text + " Every gradient was finite: the optimiser's step overflowed."
+
+
+# ---------------------------------------------------------------- the engine
+
+
+def _validate_reliability(checkpoint_dir, checkpoint_every, resume, on_nonfinite,
+                          checkpoint_meta):
+    if not _is_int(checkpoint_every) or checkpoint_every < 1:
+        raise CausalZooError(
+            f"checkpoint_every must be a positive number of steps; got {checkpoint_every!r}."
+        )
+    if not isinstance(resume, bool):
+        raise CausalZooError(f"resume must be True or False; got {resume!r}.")
+    if resume and checkpoint_dir is None:
+        raise CausalZooError(
+            "resume=True needs checkpoint_dir=<the directory of the interrupted fit>."
+        )
+    if on_nonfinite not in _ON_NONFINITE:
+        raise CausalZooError(
+            f"on_nonfinite={on_nonfinite!r}: use 'stop' (keep the last good parameters and "
+            "stop) or 'backoff' (halve the learning rate and continue from them)."
+        )
+    try:
+        json.dumps(checkpoint_meta)
+    except (TypeError, ValueError):
+        raise CausalZooError(
+            f"checkpoint_meta={checkpoint_meta!r} is not JSON-serialisable; pass plain "
+            "numbers, strings, lists and dicts."
+        ) from None
 
 
 def fit_svi(
@@ -190,6 +446,11 @@ def fit_svi(
     progress: bool = True,
     init_params: Mapping[str, Any] | None = None,
     description: str = "SVI",
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 1000,
+    resume: bool = False,
+    on_nonfinite: str = "stop",
+    checkpoint_meta: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` by stochastic variational inference on minibatches.
 
@@ -203,7 +464,7 @@ def fit_svi(
     batch_size : int
         Cells per step; must not exceed the number of cells.
     max_steps : int
-        Number of SVI steps.
+        Number of SVI steps (of the whole fit, counting steps restored from a checkpoint).
     seed : int or jax.random.key
         Seed of initialisation, minibatch order and ELBO noise.
     learning_rate : float
@@ -218,7 +479,8 @@ def fit_svi(
         ``batch_fn(key, idx, data) -> kwargs`` builds a step's model arguments from the cell
         indices ``idx`` (on device, traced); the default gathers every data array.
     steps_per_call : int, optional
-        SVI steps per compiled call; defaults to about one epoch, between 50 and 500.
+        SVI steps per compiled call; defaults to about one epoch, between 50 and 500 (on
+        resume: the checkpoint's).
     early_stopping : EarlyStopping or bool
         ``True`` uses :class:`EarlyStopping` defaults.
     progress : bool
@@ -227,6 +489,22 @@ def fit_svi(
         Initial parameter values (e.g. to continue a fit).
     description : str
         Progress bar label.
+    checkpoint_dir : str or Path, optional
+        Write checkpoints here (:mod:`causalzoo.inference.checkpoint`): every
+        ``checkpoint_every`` steps, at the end, on Ctrl-C and on a non-finite stop. A
+        directory that already holds a checkpoint needs ``resume=True``.
+    checkpoint_every : int
+        Steps between checkpoints, rounded up to whole compiled calls.
+    resume : bool
+        Continue the fit checkpointed in ``checkpoint_dir`` (start afresh when it holds none).
+        With the same data, arguments and seed the result is bit-identical on CPU to an
+        uninterrupted fit; a checkpoint of another fit is refused with the differences.
+    on_nonfinite : {"stop", "backoff"}
+        On a non-finite loss or parameter: stop with the last good parameters, or restart
+        from them with half the learning rate (at most 8 times, then stop).
+    checkpoint_meta : mapping, optional
+        JSON-serialisable settings that a checkpoint must match to be resumed (a user class
+        passes its learning rates and configuration here; ``optimizer`` cannot be compared).
 
     Returns
     -------
@@ -246,25 +524,52 @@ def fit_svi(
     >>> round(float(res.params["m"]), 1)
     3.0
     """
-    n_cells = _validate(data, batch_size, max_steps, None if optimizer else learning_rate)
+    n_cells = _validate(data, batch_size, max_steps, learning_rate,
+                        check_learning_rate=optimizer is None)
+    _validate_reliability(checkpoint_dir, checkpoint_every, resume, on_nonfinite,
+                          checkpoint_meta)
+    key = as_key(seed)
+    where = str(checkpoint_dir)
+    saved = _ckpt.read_checkpoint(checkpoint_dir) if checkpoint_dir is not None else None
+    if saved is not None and not resume:
+        raise CausalZooError(
+            f"checkpoint_dir={where!r} already holds a checkpoint (step {saved[0].get('step')}). "
+            "Pass resume=True to continue that fit, or another (empty) directory to start a "
+            "new one; delete the directory to discard it."
+        )
     steps_per_epoch = n_cells // batch_size
     if steps_per_call is None:
-        steps_per_call = min(max_steps, max(50, min(steps_per_epoch, 500)))
-    if not isinstance(steps_per_call, (int, np.integer)) or steps_per_call < 1:
+        steps_per_call = (int(saved[0]["fit"]["steps_per_call"]) if saved else
+                          min(max_steps, max(50, min(steps_per_epoch, 500))))
+    if not _is_int(steps_per_call) or steps_per_call < 1:
         raise CausalZooError(
             f"steps_per_call must be a positive integer; got {steps_per_call!r}."
         )
-    steps_per_call = int(min(steps_per_call, max_steps))
+    if not saved:
+        steps_per_call = int(min(steps_per_call, max_steps))
+    steps_per_call = int(steps_per_call)
     if early_stopping is True:
         early_stopping = EarlyStopping()
-    optimizer = optimizer or optax.adam(learning_rate)
+    device_data = jax.device_put({k: jnp.asarray(v) for k, v in data.items()})
+    fingerprint = {
+        "n_cells": int(n_cells),
+        "batch_size": int(batch_size),
+        "steps_per_call": steps_per_call,
+        "seed": np.asarray(jax.random.key_data(key)).tolist(),
+        "data": {k: [list(v.shape), str(v.dtype)] for k, v in device_data.items()},
+        "learning_rate": None if optimizer else float(learning_rate),
+        "description": description,
+        "checkpoint_meta": json.loads(json.dumps(checkpoint_meta)),
+    }
+    if saved:
+        _check_fingerprint(saved[0]["fit"], fingerprint, where)
+
+    optimizer = _with_step_scale(optimizer or optax.adam(learning_rate))
     loss = loss or Trace_ELBO()
     batch_fn = batch_fn or _default_batch
     static = dict(static_kwargs or {})
     svi = SVI(model, guide, optimizer, loss, n_cells=n_cells, **static)
 
-    device_data = jax.device_put({k: jnp.asarray(v) for k, v in data.items()})
-    key = as_key(seed)
     key_init, key_run = jax.random.split(key)
     first = batch_fn(key_init, jnp.arange(batch_size), device_data)
     # Compiled, initialisation takes a few seconds instead of running the model and guide op
@@ -275,13 +580,17 @@ def fit_svi(
     # Permutations per call: enough epochs to cover steps_per_call batches.
     n_perms = math.ceil(steps_per_call / steps_per_epoch)
 
-    # The data are an argument, not a closure: a closed-over array would be baked into the
-    # compiled program as a constant (slow to compile, and a second copy in memory).
-    def run_call(state, call_key, n_active, device_data):
+    def plan(call_key):
+        """Minibatch indices and per-step keys of one call: a function of its key only."""
         perm_keys = jax.random.split(call_key, n_perms + 1)
         perms = jax.vmap(lambda k: jax.random.permutation(k, n_cells))(perm_keys[1:])
         idx = perms[:, : steps_per_epoch * batch_size].reshape(-1, batch_size)[:steps_per_call]
-        step_keys = jax.random.split(perm_keys[0], steps_per_call)
+        return idx, jax.random.split(perm_keys[0], steps_per_call)
+
+    # The data are an argument, not a closure: a closed-over array would be baked into the
+    # compiled program as a constant (slow to compile, and a second copy in memory).
+    def run_call(state, call_key, n_active, device_data):
+        idx, step_keys = plan(call_key)
 
         def body(state, inputs):
             i, idx_i, key_i = inputs
@@ -295,44 +604,93 @@ def fit_svi(
             new_state, value = lax.cond(i < n_active, step, skip, state)
             return new_state, value.astype(jnp.float32)
 
-        return lax.scan(body, state, (jnp.arange(steps_per_call), idx, step_keys))
+        state, values = lax.scan(body, state, (jnp.arange(steps_per_call), idx, step_keys))
+        return state, values, _params_finite(svi, state)
 
     run_call = jax.jit(run_call)
+
     losses: list[np.ndarray] = []
-    stop_reason = "max_steps"
+    done, call, backoffs = 0, 0, 0
     best, best_step = np.inf, 0
+    stop_reason = "max_steps"
+    finished = False
+    diagnosis: str | None = None
+    if saved:
+        meta, arrays = saved
+        state = _restore_state(state, arrays, where)
+        losses = [np.asarray(arrays["losses"], np.float32)]
+        done, call = int(meta["step"]), int(meta["calls"])
+        backoffs = int(meta.get("backoffs", 0))
+        best = np.inf if meta.get("best") is None else float(meta["best"])
+        best_step = int(meta.get("best_step", 0))
+        diagnosis = meta.get("diagnosis")
+        finished = meta.get("stop_reason") == "plateau"
+        stop_reason = "plateau" if finished else "max_steps"
+    resumed_from = done
+    checkpointed = done
+
+    def write_checkpoint(reason: str) -> None:
+        nonlocal checkpointed
+        state_arrays, described = _state_arrays(state)
+        state_arrays["losses"] = (np.concatenate(losses) if losses
+                                  else np.zeros(0, np.float32))
+        _ckpt.write_checkpoint(checkpoint_dir, {
+            "step": done, "calls": call, "stop_reason": reason, "max_steps": int(max_steps),
+            "best": None if not np.isfinite(best) else float(best), "best_step": best_step,
+            "backoffs": backoffs, "diagnosis": diagnosis, "fit": fingerprint,
+            "state": described,
+        }, state_arrays)
+        checkpointed = done
+
     start = time.perf_counter()
     compile_seconds = float("nan")
-    n_calls = math.ceil(max_steps / steps_per_call)
-    done = 0
-    bar = tqdm(total=max_steps, desc=description, unit="step", disable=not progress,
-               dynamic_ncols=True, leave=True)
+    bar = tqdm(total=max_steps, initial=min(done, max_steps), desc=description, unit="step",
+               disable=not progress, dynamic_ncols=True, leave=True)
+    # The start state, key and first step of the call in flight and of the one before: a
+    # non-finite step is replayed from them (the state is only seen between calls).
+    segments: list[tuple[int, Any, jax.Array]] = []
     try:
-        for call in range(n_calls):
+        while done < max_steps and not finished:
             n_active = min(steps_per_call, max_steps - done)
-            new_state, call_losses = run_call(
-                state, jax.random.fold_in(key_run, call), jnp.int32(n_active), device_data
-            )
+            call_key = jax.random.fold_in(key_run, call)
+            segments = [*segments[-1:], (done, state, call_key)]
+            new_state, call_losses, ok = run_call(state, call_key, jnp.int32(n_active),
+                                                  device_data)
             call_losses = np.asarray(jax.device_get(call_losses))[:n_active]
-            if call == 0:
+            ok = bool(ok)
+            if np.isnan(compile_seconds):
                 compile_seconds = time.perf_counter() - start
-            if not np.all(np.isfinite(call_losses)):
-                # The state is only inspected between calls: keep the one from the end of the
-                # previous call, and report the losses and steps that lead to it.
-                first_bad = done + int(np.argmax(~np.isfinite(call_losses))) + 1
-                stop_reason = "non_finite"
-                warnings.warn(
-                    f"{description}: the loss became non-finite at step {first_bad}; the fit "
-                    f"stopped and kept the parameters after step {done} (the last state "
-                    "checked finite). Try a smaller learning_rate, or check the data for "
-                    "extreme values.",
-                    RuntimeWarning,
-                    stacklevel=2,
+            if ok and np.all(np.isfinite(call_losses)):
+                # One statement without calls: a Ctrl-C cannot land between these updates,
+                # so a checkpoint written on interrupt is always consistent.
+                state, losses, done, call = (
+                    new_state, [*losses, call_losses], done + n_active, call + 1
                 )
+            else:
+                kept, diagnosis, can_back_off = _recover(
+                    svi, run_call, plan, batch_fn, device_data, segments, call_losses,
+                    new_state, n_active,
+                )
+                kept_state = _replay(run_call, segments, device_data, kept)
+                kept_losses = [np.concatenate([*losses, call_losses])[:kept]]
+                state, losses, done, call = kept_state, kept_losses, kept, call + 1
+                bar.n = done
+                if on_nonfinite == "backoff" and backoffs < _MAX_BACKOFFS and can_back_off:
+                    backoffs += 1
+                    state = _scale_steps(state, _BACKOFF_FACTOR)
+                    segments = []
+                    diagnosis = (f"{diagnosis} Restarted from step {done} with the learning "
+                                 f"rate scaled by {_BACKOFF_FACTOR ** backoffs:g} (back-off "
+                                 f"{backoffs} of {_MAX_BACKOFFS}).")
+                    warnings.warn(f"{description}: {diagnosis}", RuntimeWarning, stacklevel=2)
+                    continue
+                stop_reason = "non_finite"
+                diagnosis = (f"{diagnosis} The fit stopped and kept the parameters after step "
+                             f"{done}, the last whose loss was finite. Try a smaller "
+                             "learning_rate or on_nonfinite='backoff', and check the data "
+                             "for extreme values.")
+                warnings.warn(f"{description}: {diagnosis}", RuntimeWarning, stacklevel=2)
                 break
-            state = new_state
-            losses.append(call_losses)
-            done += n_active
             mean_loss = float(call_losses.mean())
             bar.update(n_active)
             bar.set_postfix({"elbo/cell": f"{-mean_loss / n_cells:.4g}"}, refresh=False)
@@ -342,13 +700,24 @@ def fit_svi(
                 elif done >= early_stopping.min_steps and done - best_step >= early_stopping.patience:
                     stop_reason = "plateau"
                     break
+            if checkpoint_dir is not None and done - checkpointed >= checkpoint_every:
+                write_checkpoint("running")
     except KeyboardInterrupt:
         stop_reason = "interrupted"
+        saved_note = ""
+        if checkpoint_dir is not None:
+            write_checkpoint(stop_reason)
+            saved_note = (f" A checkpoint is in {where!r}: fit again with resume=True to "
+                          "continue.")
         warnings.warn(
-            f"{description}: interrupted after {done} steps; returning the parameters reached.",
+            f"{description}: interrupted after {done} steps; returning the parameters "
+            f"reached.{saved_note}",
             RuntimeWarning,
             stacklevel=2,
         )
+    else:
+        if checkpoint_dir is not None:
+            write_checkpoint(stop_reason)
     finally:
         bar.close()
     params = jax.device_get(svi.get_params(state))
@@ -361,4 +730,64 @@ def fit_svi(
         compile_seconds=compile_seconds,
         run_seconds=time.perf_counter() - start,
         state=state,
+        diagnosis=diagnosis,
+        resumed_from=resumed_from,
+        checkpoint=None if checkpoint_dir is None else Path(checkpoint_dir),
     )
+
+
+def _replay(run_call, segments, device_data, step: int):
+    """The state after ``step`` steps, re-run from the latest call start at or before it."""
+    for start, state, call_key in reversed(segments):
+        if start <= step:
+            if step == start:
+                return state
+            return run_call(state, call_key, jnp.int32(step - start), device_data)[0]
+    return segments[0][1]
+
+
+def _batch_at(plan, batch_fn, device_data, segments, step: int):
+    """The arguments step ``step`` (0-based, counted over the fit) was given."""
+    for start, _, call_key in reversed(segments):
+        if start <= step:
+            idx, step_keys = plan(call_key)
+            return batch_fn(step_keys[step - start], idx[step - start], device_data)
+    raise AssertionError("step before the replayable calls")  # pragma: no cover
+
+
+def _params_finite(svi, state) -> jax.Array:
+    leaves = jax.tree.leaves(svi.optim.get_params(state.optim_state))
+    return jnp.all(jnp.stack([_nonfinite_count(x) == 0 for x in leaves] or [jnp.bool_(True)]))
+
+
+def _recover(svi, run_call, plan, batch_fn, device_data, segments, call_losses, end_state,
+             n_active) -> tuple[int, str, bool]:
+    """After a call with a non-finite loss or parameter: how many steps to keep, why, and
+    whether a smaller learning rate could help (the kept state precedes the bad one).
+
+    Losses are those of the parameters *before* each step, so a non-finite loss at step
+    ``j`` condemns the state after ``j`` steps and the last good state is the one after
+    ``j - 1``. A call whose losses are all finite but whose final parameters are not had its
+    last update go wrong. Every state is rebuilt by re-running the compiled call from a call
+    start with fewer active steps, so the kept parameters are those the fit really reached.
+    """
+    call_start, earliest = segments[-1][0], segments[0][0]
+    bad = np.flatnonzero(~np.isfinite(call_losses))
+    first_bad = call_start + (int(bad[0]) if bad.size else n_active)
+    kept = max(first_bad - 1, earliest)
+    try:
+        if bad.size:
+            suspect = _replay(run_call, segments, device_data, first_bad)
+            if first_bad == kept or bool(jax.jit(partial(_params_finite, svi))(suspect)):
+                batch = _batch_at(plan, batch_fn, device_data, segments, first_bad)
+                why = _diagnose_forward(svi, suspect, batch, first_bad + 1)
+                return kept, why, kept < first_bad
+        else:
+            suspect = end_state
+        good = _replay(run_call, segments, device_data, kept)
+        batch = _batch_at(plan, batch_fn, device_data, segments, kept)
+        return kept, _diagnose_update(svi, good, suspect, batch, kept + 1), True
+    except Exception as err:  # a failed diagnosis must never hide the stop itself
+        why = (f"The loss or parameters became non-finite at step {first_bad + 1} "
+               f"(diagnosis failed: {err!r}).")
+        return kept, why, kept < first_bad

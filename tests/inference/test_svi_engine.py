@@ -178,8 +178,10 @@ def test_non_finite_loss_stops_with_warning():
     assert res.n_steps < 100 and res.n_steps == res.losses.size
     assert np.all(np.isfinite(res.losses))
     assert all(np.all(np.isfinite(v)) for v in jax.tree.leaves(res.params))
-    # the kept state is the last one checked finite: the end of a whole call
+    # the kept state is the last whose loss was finite (a step inside a call, rebuilt by
+    # re-running the call); the diagnosis names the site whose log-density failed
     assert 0.0 < float(res.params["mu_loc"]) <= 5.0
+    assert "sample site 'y'" in res.diagnosis and f"after step {res.n_steps}" in res.diagnosis
 
 
 @pytest.mark.parametrize(
