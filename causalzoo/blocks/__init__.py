@@ -1,12 +1,13 @@
 """Composable pieces of zoo models: likelihoods, sparsity priors, mechanisms, networks."""
 
-from . import likelihoods, mechanisms, nn, priors
+from . import dag, likelihoods, mechanisms, nn, priors
 from .likelihoods import NB, ZINB, Gaussian, Likelihood, Poisson, get_likelihood
 from .mechanisms import LinearGaussianSCM, additive_shift
 from .nn import MLP, GaussianEncoder
 from .priors import BernoulliMask, Horseshoe, SparsityPrior, StraightThroughBernoulli
 
 __all__ = [
+    "dag",
     "likelihoods",
     "mechanisms",
     "nn",

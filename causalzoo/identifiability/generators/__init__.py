@@ -6,6 +6,11 @@ parameter of the generative story, so that recovery can be scored against the tr
 private module per generator family; everything public is re-exported here.
 """
 
+from ._caring import caring
+from ._citris import citris_temporal
+from ._ivae import IVAEData, ivae, ivae_mixing
 from ._sparse import SparsePerturbationData, sparse_perturbation
+from ._temporal import TemporalData, leap_nonstationary, tdrl_changing
 
-__all__ = ["SparsePerturbationData", "sparse_perturbation"]
+__all__ = ["IVAEData", "ivae", "ivae_mixing", "SparsePerturbationData", "sparse_perturbation",
+           "TemporalData", "leap_nonstationary", "tdrl_changing", "caring", "citris_temporal"]

@@ -1,0 +1,311 @@
+"""Temporal ground truth: the shared container, the mixing networks, LEAP and TDRL.
+
+Sequences are ``(n_units, n_steps, n_dims)``: unit ``n`` is observed at every step. A lag
+graph is a boolean stack ``graph[l, i, j]`` = "``z_{t-l-1, i}`` is a parent of ``z_{t, j}``".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..._errors import CausalZooError
+from ._checks import check_float as _check_float
+from ._checks import check_int as _check_int
+
+__all__ = ["TemporalData", "leap_nonstationary", "tdrl_changing"]
+
+LEAKY_SLOPE = 0.2
+
+
+def leaky_relu(a: np.ndarray, slope: float = LEAKY_SLOPE) -> np.ndarray:
+    return np.where(a > 0, a, slope * a)
+
+
+def random_orthogonal(rng: np.random.Generator, d: int) -> np.ndarray:
+    """A Haar-random orthogonal ``(d, d)`` matrix (QR of a Gaussian, sign-corrected)."""
+    q, r = np.linalg.qr(rng.normal(size=(d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def invertible_mlp(rng: np.random.Generator, d: int, n_layers: int) -> list[np.ndarray]:
+    """Weights of a bijective ``R^d -> R^d`` leaky-ReLU MLP (orthogonal square layers)."""
+    return [random_orthogonal(rng, d) for _ in range(n_layers)]
+
+
+def apply_mlp(z: np.ndarray, weights: list[np.ndarray], slope: float = LEAKY_SLOPE) -> np.ndarray:
+    """``h <- leaky_relu(h) @ A_k`` for every layer (LEAP's mixing recipe).
+
+    With square orthogonal ``A_k`` and ``slope > 0`` every layer is a bijection, so the
+    whole map is invertible, with a Jacobian of full rank almost everywhere and condition
+    number at most ``slope^-n_layers``.
+    """
+    h = z
+    for a in weights:
+        h = leaky_relu(h, slope) @ a
+    return h
+
+
+@dataclass(frozen=True, eq=False)
+class TemporalData:
+    """Ground truth and observations of a temporal generator.
+
+    Attributes
+    ----------
+    x : numpy.ndarray, (n_units, n_steps, n_features) float32
+        Observations.
+    u : numpy.ndarray
+        Auxiliary variable: the domain of each unit ``(n_units,)`` int64 for LEAP, TDRL and
+        CaRiNG (all 0 for a single domain); the intervention targets
+        ``(n_units, n_steps, n_latent)`` float32 (1 = intervened at that step) for CITRIS.
+    z : numpy.ndarray, (n_units, n_steps, n_latent) float32
+        True latents; the first ``n_lags`` steps are the initial history.
+    graph : numpy.ndarray of bool, (n_lags, n_latent, n_latent)
+        ``graph[l, i, j]``: ``z_{t-l-1, i} -> z_{t, j}`` (union over domains).
+    transition : numpy.ndarray, float32
+        Lag weights ``(n_domains, n_lags, n_latent, n_latent)``, row = parent, column = child.
+    noise_scale : numpy.ndarray, (n_domains, n_latent) float32
+        Standard deviation of the transition noise in each domain.
+    n_lags : int
+    name : str
+        Which generator produced it.
+    seed : int
+    mixing : list of numpy.ndarray
+        Weights of the observation map (see :meth:`observe`).
+    info : dict
+        Generator-specific extras (documented by each generator).
+    """
+
+    x: np.ndarray
+    u: np.ndarray
+    z: np.ndarray
+    graph: np.ndarray
+    transition: np.ndarray
+    noise_scale: np.ndarray
+    n_lags: int
+    name: str
+    seed: int
+    mixing: list[np.ndarray] = field(default_factory=list, repr=False)
+    info: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def n_latent(self) -> int:
+        return int(self.z.shape[-1])
+
+    @property
+    def n_domains(self) -> int:
+        return int(self.noise_scale.shape[0])
+
+    def observe(self, z: np.ndarray) -> np.ndarray:
+        """Apply the observation map (without observation noise) to latents ``(..., d)``.
+
+        Use it with :func:`causalzoo.identifiability.assumptions.mixing_injectivity`.
+        """
+        z = np.asarray(z, dtype=np.float64)
+        n_obs = int(self.info.get("n_mixed", z.shape[-1]))
+        out = apply_mlp(z[..., :n_obs], self.mixing)
+        lift = self.info.get("lift")
+        return out @ lift if lift is not None else out
+
+
+def _lag_matrices(rng: np.random.Generator, d: int, n_lags: int, density: float) -> np.ndarray:
+    """Sparse lag weights ``±U(0.5, 1)``, every node with >= 1 parent at lag 1, then scaled
+    so that the sum over lags of spectral norms is 0.9 (the leaky-ReLU transition, which is
+    1-Lipschitz, is then contractive and long sequences stay bounded)."""
+    mask = rng.random((n_lags, d, d)) < density
+    mask[0, rng.integers(d, size=d), np.arange(d)] = True
+    w = rng.uniform(0.5, 1.0, (n_lags, d, d)) * rng.choice([-1.0, 1.0], (n_lags, d, d)) * mask
+    norms = np.linalg.norm(w, ord=2, axis=(1, 2)).sum()
+    return w * (0.9 / norms)
+
+
+def leap_nonstationary(
+    *,
+    n_domains: int = 20,
+    n_per_domain: int = 200,
+    n_latent: int = 8,
+    n_lags: int = 2,
+    n_steps: int = 6,
+    graph_density: float = 0.3,
+    noise_scale: float = 0.1,
+    n_mixing_layers: int = 2,
+    seed: int = 0,
+) -> TemporalData:
+    """LEAP's non-stationary-noise process (``nonlinear_gau_cins``), seeded.
+
+    Generative story (``d = n_latent`` latents, ``L = n_lags``):
+
+    1. lag matrices ``B_l`` (shared by all domains): sparse (each entry non-zero with
+       probability ``graph_density``, every node has a lag-1 parent), entries ``±U(.5, 1)``,
+       scaled so that ``sum_l ||B_l||_2 = 0.9``;
+    2. per domain ``u`` and dimension ``i`` a noise modulation ``m_{u,i} ~ U(0, 1)``; noise
+       ``eps_{t,i} ~ N(0, (noise_scale * m_{u,i})^2)``: the noise distribution changes with
+       the domain, which is the source of identifiability;
+    3. history ``z_{0..L-1} ~ N(0, I)``; then
+       ``z_t = leaky_relu(sum_l leaky_relu(z_{t-l} B_l) + eps_t)`` (slope 0.2);
+    4. ``x_t = MLP(z_t)``: ``h <- leaky_relu(h) A_k`` for ``n_mixing_layers`` Haar-orthogonal
+       ``A_k``, a bijection of ``R^d`` (``n_features = n_latent``), no observation noise.
+
+    Assumptions it satisfies (LEAP, Yao et al. 2022): invertible mixing; transition noise
+    independent across dimensions and of the history; sufficient variability of the noise
+    distribution across domains (``n_domains`` >= 2d + 1 distinct modulations, here drawn
+    at random). Identifiable: ``z`` up to permutation and component-wise invertible maps;
+    score with Spearman MCC against :func:`~causalzoo.identifiability.entangled_floor`.
+
+    The published configuration is ``d = 8``, 2 lags + 4 steps, 20 domains x 7500
+    sequences (MCC 0.97 for LEAP); the defaults are smaller for tests.
+
+    Parameters
+    ----------
+    n_domains, n_per_domain : int
+        Domains and sequences per domain (``n_units = n_domains * n_per_domain``).
+    n_latent : int
+    n_lags : int
+    n_steps : int
+        Total steps per sequence, history included (>= ``n_lags + 1``).
+    graph_density : float in [0, 1]
+    noise_scale : float > 0
+    n_mixing_layers : int
+    seed : int
+
+    Returns
+    -------
+    TemporalData
+        ``u`` is the domain of each sequence; ``info["modulation"]`` is ``m`` (domains x d).
+
+    Examples
+    --------
+    >>> data = leap_nonstationary(n_domains=3, n_per_domain=10, n_latent=4, seed=0)
+    >>> data.x.shape, data.z.shape, data.u.shape, data.graph.shape
+    ((30, 6, 4), (30, 6, 4), (30,), (2, 4, 4))
+    """
+    n_dom = _check_int("n_domains", n_domains, 1)
+    n_per = _check_int("n_per_domain", n_per_domain, 1)
+    d = _check_int("n_latent", n_latent, 1)
+    lags = _check_int("n_lags", n_lags, 1)
+    steps = _check_int("n_steps", n_steps, lags + 1)
+    density = _check_float("graph_density", graph_density, 0.0, 1.0)
+    noise = _check_float("noise_scale", noise_scale, 0.0, low_open=True)
+    layers = _check_int("n_mixing_layers", n_mixing_layers, 1)
+    seed = _check_int("seed", seed, 0)
+    rng = np.random.default_rng(seed)
+
+    b = _lag_matrices(rng, d, lags, density)
+    modulation = rng.uniform(0.0, 1.0, (n_dom, d))
+    sigma = noise * modulation
+    mixing = invertible_mlp(rng, d, layers)
+    u = np.repeat(np.arange(n_dom), n_per)
+    scale = sigma[u]  # (n, d)
+    z = np.zeros((u.size, steps, d))
+    z[:, :lags] = rng.normal(size=(u.size, lags, d))
+    for t in range(lags, steps):
+        drive = sum(leaky_relu(z[:, t - l - 1] @ b[l]) for l in range(lags))
+        z[:, t] = leaky_relu(drive + rng.normal(size=(u.size, d)) * scale)
+    x = apply_mlp(z, mixing)
+    f32 = np.float32
+    return TemporalData(
+        x=x.astype(f32), u=u, z=z.astype(f32), graph=b != 0,
+        transition=np.broadcast_to(b, (n_dom, *b.shape)).astype(f32),
+        noise_scale=sigma.astype(f32), n_lags=lags, name="leap_nonstationary", seed=seed,
+        mixing=mixing, info={"modulation": modulation.astype(f32)},
+    )
+
+
+def tdrl_changing(
+    *,
+    n_domains: int = 5,
+    n_per_domain: int = 400,
+    n_latent: int = 8,
+    n_lags: int = 2,
+    n_steps: int = 3,
+    graph_density: float = 0.3,
+    n_changing: int = 2,
+    noise_scale: float = 0.1,
+    n_mixing_layers: int = 2,
+    seed: int = 0,
+) -> TemporalData:
+    """TDRL's changing-causal-dynamics process, seeded.
+
+    Generative story:
+
+    1. base lag matrices ``B_l`` as in :func:`leap_nonstationary`;
+    2. ``n_changing`` entries of the lag-1 matrix are domain-specific: in domain ``u`` they
+       take weights ``U(-1, 1)`` (TDRL's *change* setting); a domain whose lag matrices
+       become expansive is rescaled to ``sum_l ||B_l^u||_2 = 0.95``;
+    3. noise ``eps_t ~ N(0, noise_scale^2 I)`` in every domain (only the dynamics change);
+    4. ``z_t = leaky_relu(sum_l z_{t-l} B_l^u) + eps_t``; history ``z_{0..L-1} ~ N(0, I)``;
+    5. ``x_t = MLP(z_t)``, the invertible leaky-ReLU MLP of :func:`leap_nonstationary`.
+
+    Assumptions it satisfies (TDRL, Yao et al. 2022): invertible mixing, conditionally
+    independent transitions given the history and the domain, time-delayed influences
+    only (no instantaneous edges), and transitions that change across domains. Identifiable:
+    ``z`` up to permutation and component-wise invertible maps. Published setting: ``d = 8``,
+    2 lags + 1 step, 5 domains x 40000 sequences.
+
+    Parameters
+    ----------
+    n_domains, n_per_domain : int
+    n_latent, n_lags : int
+    n_steps : int
+        Total steps, history included (>= ``n_lags + 1``).
+    graph_density : float in [0, 1]
+    n_changing : int
+        Lag-1 entries whose weight differs across domains (<= ``n_latent^2``).
+    noise_scale : float > 0
+    n_mixing_layers : int
+    seed : int
+
+    Returns
+    -------
+    TemporalData
+        ``transition[u]`` holds the lag matrices of domain ``u``; ``info["changing"]`` the
+        ``(row, column)`` of the changing lag-1 entries.
+
+    Examples
+    --------
+    >>> data = tdrl_changing(n_domains=2, n_per_domain=5, n_latent=3, seed=1)
+    >>> data.x.shape, data.transition.shape
+    ((10, 3, 3), (2, 2, 3, 3))
+    """
+    n_dom = _check_int("n_domains", n_domains, 1)
+    n_per = _check_int("n_per_domain", n_per_domain, 1)
+    d = _check_int("n_latent", n_latent, 1)
+    lags = _check_int("n_lags", n_lags, 1)
+    steps = _check_int("n_steps", n_steps, lags + 1)
+    density = _check_float("graph_density", graph_density, 0.0, 1.0)
+    n_chg = _check_int("n_changing", n_changing, 0)
+    if n_chg > d * d:
+        raise CausalZooError(
+            f"n_changing={n_chg} exceeds the {d * d} entries of a lag matrix; lower it."
+        )
+    noise = _check_float("noise_scale", noise_scale, 0.0, low_open=True)
+    layers = _check_int("n_mixing_layers", n_mixing_layers, 1)
+    seed = _check_int("seed", seed, 0)
+    rng = np.random.default_rng(seed)
+
+    base = _lag_matrices(rng, d, lags, density)
+    flat = rng.choice(d * d, size=n_chg, replace=False)
+    rows, cols = np.unravel_index(flat, (d, d))
+    trans = np.repeat(base[None], n_dom, axis=0)
+    trans[:, 0, rows, cols] = rng.uniform(-1.0, 1.0, (n_dom, n_chg))
+    for k in range(n_dom):
+        norm = np.linalg.norm(trans[k], ord=2, axis=(1, 2)).sum()
+        if norm > 0.95:
+            trans[k] *= 0.95 / norm
+    sigma = np.full((n_dom, d), noise)
+    mixing = invertible_mlp(rng, d, layers)
+    u = np.repeat(np.arange(n_dom), n_per)
+    z = np.zeros((u.size, steps, d))
+    z[:, :lags] = rng.normal(size=(u.size, lags, d))
+    for t in range(lags, steps):
+        drive = np.einsum("nli,nlij->nj", z[:, t - lags:t][:, ::-1], trans[u])
+        z[:, t] = leaky_relu(drive) + rng.normal(size=(u.size, d)) * noise
+    x = apply_mlp(z, mixing)
+    f32 = np.float32
+    return TemporalData(
+        x=x.astype(f32), u=u, z=z.astype(f32), graph=(trans != 0).any(axis=0),
+        transition=trans.astype(f32), noise_scale=sigma.astype(f32), n_lags=lags,
+        name="tdrl_changing", seed=seed, mixing=mixing,
+        info={"changing": np.stack([rows, cols], axis=1)},
+    )

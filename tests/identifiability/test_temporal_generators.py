@@ -1,0 +1,184 @@
+"""Contracts of the temporal ground-truth generators (LEAP, TDRL, CaRiNG, CITRIS)."""
+
+import numpy as np
+import pytest
+
+import causalzoo as cz
+import causalzoo.identifiability  # noqa: F401  (cz.identifiability.* below)
+from causalzoo import CausalZooError
+from causalzoo.identifiability import (
+    check_injectivity,
+    entangled_floor,
+    mcc,
+    r2_kernel_ridge,
+    r2_linear,
+)
+from causalzoo.identifiability.generators import (
+    TemporalData,
+    caring,
+    citris_temporal,
+    leap_nonstationary,
+    tdrl_changing,
+)
+from causalzoo.identifiability.generators._temporal import leaky_relu
+
+SMALL = {
+    "leap": lambda seed: leap_nonstationary(n_domains=4, n_per_domain=20, n_latent=4,
+                                            seed=seed),
+    "tdrl": lambda seed: tdrl_changing(n_domains=3, n_per_domain=20, n_latent=4, seed=seed),
+    "caring": lambda seed: caring(n_units=30, n_steps=6, seed=seed),
+    "citris": lambda seed: citris_temporal(n_units=10, n_steps=8, n_latent=4, n_features=7,
+                                           seed=seed),
+}
+# (n_units, n_steps, n_latent, n_features, n_lags)
+SHAPES = {"leap": (80, 6, 4, 4, 2), "tdrl": (60, 3, 4, 4, 2), "caring": (30, 6, 3, 2, 1),
+          "citris": (10, 8, 4, 7, 1)}
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_shapes_dtypes_and_public_path(name):
+    data = SMALL[name](0)
+    n, t, d, p, lags = SHAPES[name]
+    assert isinstance(data, TemporalData)
+    assert data.x.shape == (n, t, p) and data.z.shape == (n, t, d)
+    assert data.x.dtype == data.z.dtype == np.float32
+    assert data.graph.shape == (lags, d, d) and data.graph.dtype == bool
+    assert data.transition.shape == (data.n_domains, lags, d, d)
+    assert data.noise_scale.shape == (data.n_domains, d)
+    assert data.n_lags == lags and data.n_latent == d
+    assert np.all(np.isfinite(data.x)) and np.all(np.isfinite(data.z))
+    if name == "citris":
+        assert data.u.shape == (n, t, d)
+    else:
+        assert data.u.shape == (n,) and data.u.max() == data.n_domains - 1
+    assert getattr(cz.identifiability.generators, data.name) is not None
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_seeds_reproduce_and_differ(name):
+    a, b, c = SMALL[name](3), SMALL[name](3), SMALL[name](4)
+    for field in ("x", "u", "z", "graph", "transition"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert not np.array_equal(a.x, c.x) and not np.array_equal(a.z, c.z)
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_observe_is_the_mixing_that_produced_x(name):
+    data = SMALL[name](1)
+    np.testing.assert_allclose(data.observe(data.z), data.x, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["leap", "tdrl", "citris"])
+def test_invertible_mixings_have_full_rank_bounded_jacobians(name):
+    check = check_injectivity(SMALL[name](2), n_points=100)
+    assert check.passed, check.message
+    assert check.details["min_rank"] == SHAPES[name][2]
+    # orthogonal layers and slope 0.2: the condition number is at most 1 / 0.2^layers
+    # (times the lift's < 10 for CITRIS); 10% slack for finite differences across a kink
+    limit = 25.0 if name != "citris" else 125.0 * 10.0
+    assert check.details["max_condition"] <= limit * 1.1
+    assert check.details["median_condition"] <= limit * (1 + 1e-6)
+
+
+def test_caring_mixing_is_not_injective_but_context_reveals_the_hidden_latent():
+    data = caring(n_units=400, n_steps=6, noise_coupled=False, seed=0)
+    check = check_injectivity(data, n_points=50)
+    assert not check.passed and check.details["min_rank"] == 2
+    # z_{t,2} is mixed into x only through z_{t+1,0} = 0.99 z_{t,2} + noise
+    z_hidden = data.z[:, 1:-1, 2].reshape(-1, 1)
+    x_now = data.x[:, 1:-1].reshape(-1, 2)
+    x_window = np.concatenate([data.x[:, 1:-1], data.x[:, 2:]], axis=-1).reshape(-1, 4)
+    alone = r2_kernel_ridge(z_hidden, x_now, max_train=400)
+    window = r2_kernel_ridge(z_hidden, x_window, max_train=400)
+    assert alone < 0.1 and window > 0.9
+
+
+def test_leap_noise_changes_across_domains_and_is_independent_of_history():
+    data = leap_nonstationary(n_domains=3, n_per_domain=3000, n_latent=3, n_steps=4, seed=5)
+    z = data.z.astype(np.float64)
+    b = data.transition[0].astype(np.float64)
+    t = 3
+    drive = leaky_relu(z[:, t - 1] @ b[0]) + leaky_relu(z[:, t - 2] @ b[1])
+    eps = leaky_relu(z[:, t], 1 / 0.2) - drive  # leaky_relu is invertible
+    for u in range(3):
+        sd = eps[data.u == u].std(axis=0)
+        np.testing.assert_allclose(sd, data.noise_scale[u], rtol=0.1)
+    assert np.ptp(data.info["modulation"], axis=0).min() > 0.05, "domains differ"
+    corr = np.corrcoef(eps.T, z[:, t - 1].T)[:3, 3:]
+    assert np.abs(corr).max() < 0.06
+    assert np.all(data.graph == (data.transition[0] != 0))
+    assert data.graph[0].any(axis=0).all(), "every latent has a lag-1 parent"
+
+
+def test_tdrl_transitions_really_change_across_domains():
+    data = tdrl_changing(n_domains=3, n_per_domain=2000, n_latent=4, n_changing=2, seed=2)
+    rows, cols = data.info["changing"].T
+    lag1 = data.transition[:, 0]
+    assert np.all(np.ptp(lag1[:, rows, cols], axis=0) > 0), "changing entries differ"
+    z = data.z.astype(np.float64)
+    hist = z[:, :2][:, ::-1]  # lags (t-1, t-2) for t = 2
+
+    def residual_sd(u, model_domain):
+        m = data.u == u
+        w = data.transition[model_domain].astype(np.float64)
+        return (z[m, 2] - leaky_relu(np.einsum("nli,lij->nj", hist[m], w))).std()
+
+    for u in range(3):
+        # in-domain, the transition noise (sd 0.1) is all that is left ...
+        assert residual_sd(u, u) == pytest.approx(0.1, rel=0.05)
+        # ... while another domain's dynamics explain the data clearly worse
+        for v in set(range(3)) - {u}:
+            assert residual_sd(u, v) > 1.3 * residual_sd(u, u)
+
+
+def test_citris_interventions_are_observed_and_replace_the_variable():
+    data = citris_temporal(n_units=300, n_steps=20, n_latent=5, seed=4)
+    u = data.u
+    assert not u[:, 0].any(), "no intervention at step 0"
+    assert u[:, 1:].mean() == pytest.approx(1 / 6, abs=0.02)
+    z = data.z.astype(np.float64)
+    hit = u[:, 1:].astype(bool)
+    intervened, natural = z[:, 1:][hit], z[:, 1:][~hit]
+    # intervened values are U(-1, 1), independent of the previous state
+    assert intervened.min() >= -1 and intervened.max() <= 1
+    assert intervened.var() == pytest.approx(1 / 3, rel=0.1)
+    prev_hit = z[:, :-1][hit]
+    assert abs(np.corrcoef(prev_hit, intervened)[0, 1]) < 0.05
+    assert abs(np.corrcoef(z[:, :-1][~hit], natural)[0, 1]) > 0.5
+    # the recorded dynamics are the ones that produced the non-intervened steps
+    a, c = data.transition[0, 0].astype(np.float64), data.info["offset"].astype(np.float64)
+    prev = z[:, :-1]
+    pred = prev + 0.5 * (np.tanh(prev @ a + c) - prev)
+    resid = (z[:, 1:] - pred)[~hit]
+    assert resid.std() == pytest.approx(0.1, rel=0.1)
+    assert np.all(np.diag(data.graph[0])) and np.all(data.graph[0] == (a != 0) | np.eye(5,
+                                                                                       dtype=bool))
+
+
+def test_floors_are_well_below_one_on_every_generator():
+    """Raw observations are an entangled estimate: the score to beat, reported beside MCC."""
+    for data in (leap_nonstationary(n_domains=10, n_per_domain=50, seed=0),
+                 citris_temporal(n_units=100, seed=0)):
+        z, x = data.z[:, data.n_lags:], data.x[:, data.n_lags:]
+        floor = entangled_floor(z, x=x, n_rotations=10)
+        assert 0.3 < floor["observations"] < 0.9
+        assert 0.4 < floor["rotation"] < 0.9
+        assert mcc(z, z) == pytest.approx(1.0)
+        assert r2_linear(z, x) > 0.3  # entangled, yet informative
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: leap_nonstationary(n_steps=2, n_lags=2), "n_steps"),
+        (lambda: leap_nonstationary(graph_density=1.5), "graph_density"),
+        (lambda: tdrl_changing(n_latent=2, n_changing=5), "n_changing"),
+        (lambda: caring(n_latent=3, n_observed=3), "n_observed"),
+        (lambda: citris_temporal(n_latent=5, n_features=3), "n_features"),
+        (lambda: citris_temporal(intervention_prob=2.0), "intervention_prob"),
+        (lambda: caring(seed=-1), "seed"),
+    ],
+)
+def test_errors_name_the_argument(call, match):
+    with pytest.raises(CausalZooError, match=match):
+        call()
