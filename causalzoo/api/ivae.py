@@ -1,0 +1,545 @@
+"""``IVAE``: the user class of the identifiable VAE.
+
+Thin plumbing over :mod:`causalzoo.models.ivae`: it maps an AnnData (or plain arrays) to the
+model's ``x`` and ``u``, runs :func:`causalzoo.inference.fit_svi`, and keeps what a fitted
+model needs to embed new data and to be saved as plain data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+import pandas as pd
+import scipy.sparse as sp
+from numpy.typing import ArrayLike
+from numpyro import handlers
+from numpyro.infer import TraceMeanField_ELBO
+
+from .. import _io
+from .._errors import CausalZooError
+from ..data.anndata import get_counts
+from ..inference import EarlyStopping, FitResult, fit_svi
+from ..models.ivae import IVAEConfig, ivae_encode, ivae_guide, ivae_model
+from ._common import package_version as _version
+from ._common import register_user_class
+
+__all__ = ["IVAE", "IVAERegistry"]
+
+MODEL_NAME = "ivae"
+_SETUP_KEY = "setup_ivae"
+_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class IVAERegistry:
+    """Where :meth:`IVAE.setup_anndata` found the data (plain JSON-able values).
+
+    Attributes
+    ----------
+    layer : str or None
+        Layer with the observations (``None``: ``adata.X``).
+    aux_key : str
+        The ``obs`` column (labels, one-hot encoded) or ``obsm`` key (a matrix used as is)
+        holding the auxiliary variable.
+    aux_kind : str
+        ``"labels"`` (an ``obs`` column) or ``"matrix"`` (an ``obsm`` entry).
+    categories : list of str
+        The label vocabulary, in one-hot order (empty for a matrix).
+    n_aux : int
+        Width of ``u``.
+    feature_names : list of str
+        ``var_names`` at set-up.
+    count_data : bool
+        Whether the values are counts (for count likelihoods).
+    """
+
+    layer: str | None
+    aux_key: str
+    aux_kind: str
+    categories: list[str]
+    n_aux: int
+    feature_names: list[str]
+    count_data: bool
+
+    @property
+    def n_observed(self) -> int:
+        return len(self.feature_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> IVAERegistry:
+        return cls(
+            layer=None if d["layer"] in (None, "") else str(d["layer"]),
+            aux_key=str(d["aux_key"]),
+            aux_kind=str(d["aux_kind"]),
+            categories=[str(c) for c in d["categories"]],
+            n_aux=int(d["n_aux"]),
+            feature_names=[str(f) for f in d["feature_names"]],
+            count_data=bool(d["count_data"]),
+        )
+
+
+def _dense(matrix) -> np.ndarray:
+    if sp.issparse(matrix):
+        matrix = matrix.toarray()
+    return np.asarray(matrix, dtype=np.float32)
+
+
+def _aux_kind(adata, aux_key: str) -> str:
+    if not isinstance(aux_key, str):
+        raise CausalZooError(f"aux_key={aux_key!r} must be a string (an obs column or obsm key).")
+    in_obs, in_obsm = aux_key in adata.obs.columns, aux_key in adata.obsm
+    if in_obs and in_obsm:
+        raise CausalZooError(
+            f"aux_key={aux_key!r} is both an obs column and an obsm key; rename one of them."
+        )
+    if not (in_obs or in_obsm):
+        raise CausalZooError(
+            f"aux_key={aux_key!r} is neither an obs column ({list(adata.obs.columns)}) nor an "
+            f"obsm key ({list(adata.obsm)}). Pass the key that holds the auxiliary variable "
+            "(segment, domain or environment labels, or a covariate matrix)."
+        )
+    return "labels" if in_obs else "matrix"
+
+
+def _aux_matrix(adata, registry: IVAERegistry) -> np.ndarray:
+    """The auxiliary variable of ``adata`` as a float32 ``(cells, n_aux)`` matrix."""
+    key = registry.aux_key
+    if registry.aux_kind == "labels":
+        if key not in adata.obs.columns:
+            raise CausalZooError(
+                f"obs has no column {key!r} with the auxiliary labels the model was set up with."
+            )
+        labels = adata.obs[key].astype(str).to_numpy()
+        index = {c: i for i, c in enumerate(registry.categories)}
+        unknown = sorted(set(labels) - set(index))
+        if unknown:
+            raise CausalZooError(
+                f"obs[{key!r}] has labels {unknown[:5]} the model was not set up with; known "
+                f"labels: {registry.categories[:10]}."
+            )
+        codes = np.fromiter((index[v] for v in labels), dtype=np.int64, count=labels.size)
+        return np.eye(registry.n_aux, dtype=np.float32)[codes]
+    if key not in adata.obsm:
+        raise CausalZooError(
+            f"obsm has no entry {key!r} with the auxiliary matrix the model was set up with."
+        )
+    u = _dense(adata.obsm[key])
+    if u.ndim == 1:
+        u = u[:, None]
+    if u.ndim != 2 or u.shape[1] != registry.n_aux:
+        raise CausalZooError(
+            f"obsm[{key!r}] has shape {u.shape}; the model was set up with {registry.n_aux} "
+            "auxiliary columns."
+        )
+    if not np.all(np.isfinite(u)):
+        raise CausalZooError(f"obsm[{key!r}] contains NaN or infinite values.")
+    return u
+
+
+def _observations(adata, registry: IVAERegistry) -> np.ndarray:
+    names = [str(v) for v in adata.var_names]
+    if names != registry.feature_names:
+        missing = sorted(set(registry.feature_names) - set(names))
+        raise CausalZooError(
+            "The AnnData's var_names differ from the ones the model was set up with "
+            f"(missing: {missing[:5]}); subset and order it as the training data "
+            "(adata[:, model.registry.feature_names])."
+        )
+    x = _dense(get_counts(adata, registry.layer))
+    if not np.all(np.isfinite(x)):
+        raise CausalZooError("The observations contain NaN or infinite values.")
+    if registry.count_data and (np.any(x < 0) or np.any(x != np.round(x))):
+        raise CausalZooError(
+            "count_data=True but the observations are not non-negative integers; set up "
+            "with count_data=False for continuous values."
+        )
+    return x
+
+
+class IVAE:
+    """Identifiable VAE (iVAE) on AnnData or arrays.
+
+    The generative story, identifiability class and references are in
+    :mod:`causalzoo.models.ivae`.
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Data registered with :meth:`setup_anndata`.
+    **config_kwargs
+        Hyper-parameters: ``n_latent``, ``n_hidden``, ``n_layers``, ``activation``,
+        ``layer_norm``, ``likelihood``, ``observation_scale``, ``prior_mean``; see
+        :class:`~causalzoo.models.ivae.IVAEConfig`.
+
+    Examples
+    --------
+    >>> import causalzoo as cz
+    >>> data = cz.identifiability.generators.ivae(n_segments=10, n_per_segment=100,
+    ...                                           n_latent=2, seed=0)
+    >>> m = cz.IVAE.from_arrays(x=data.x, u=data.segment, n_latent=2)
+    >>> m.fit(max_steps=100, batch_size=64, progress=False)  # doctest: +SKIP
+    >>> z = m.get_latent_representation()  # doctest: +SKIP
+    """
+
+    spec_name = MODEL_NAME
+    _saved_groups = ("params", "history")
+
+    def __init__(self, adata, **config_kwargs):
+        registry = self._registry_of(adata)
+        self.config = IVAEConfig(**config_kwargs)
+        self._check_likelihood(registry)
+        self.adata = adata
+        self.registry = registry
+        self.params: dict[str, Any] | None = None
+        self.history: dict[str, np.ndarray] = {}
+        self.fit_info: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata,
+        *,
+        aux_key: str = "u",
+        layer: str | None = None,
+        count_data: bool = False,
+    ) -> IVAERegistry:
+        """Register ``adata``: where the observations and the auxiliary variable are.
+
+        Parameters
+        ----------
+        adata : anndata.AnnData
+            Cells (points) x features. Only ``adata.uns["causalzoo"]`` is written.
+        aux_key : str
+            An ``obs`` column of labels (segment, domain, environment, perturbation; one-hot
+            encoded) or an ``obsm`` key holding a ``(cells, n_aux)`` matrix used as is.
+        layer : str, optional
+            Layer with the observations (default ``adata.X``).
+        count_data : bool
+            The observations are counts (for ``likelihood="nb"``, ``"zinb"``,
+            ``"poisson"``).
+
+        Returns
+        -------
+        IVAERegistry
+        """
+        if getattr(adata, "is_view", False):
+            raise CausalZooError(
+                "setup_anndata writes adata.uns, which a view cannot hold; pass adata.copy()."
+            )
+        kind = _aux_kind(adata, aux_key)
+        if kind == "labels":
+            column = adata.obs[aux_key]
+            if column.isna().any():
+                raise CausalZooError(
+                    f"obs[{aux_key!r}] has missing labels; fill or drop those cells first."
+                )
+            if isinstance(column.dtype, pd.CategoricalDtype):
+                categories = [str(c) for c in column.cat.categories if (column == c).any()]
+            else:
+                categories = sorted({str(v) for v in column})
+            n_aux = len(categories)
+        else:
+            categories = []
+            matrix = adata.obsm[aux_key]
+            shape = np.shape(matrix)
+            n_aux = 1 if len(shape) == 1 else int(shape[1])
+        registry = IVAERegistry(
+            layer=layer,
+            aux_key=aux_key,
+            aux_kind=kind,
+            categories=categories,
+            n_aux=n_aux,
+            feature_names=[str(v) for v in adata.var_names],
+            count_data=bool(count_data),
+        )
+        _aux_matrix(adata, registry)  # validates labels / matrix
+        _observations(adata, registry)  # validates the values
+        store = dict(adata.uns.get("causalzoo", {}))
+        store[_SETUP_KEY] = registry.to_dict()
+        adata.uns["causalzoo"] = store
+        return registry
+
+    @staticmethod
+    def _registry_of(adata) -> IVAERegistry:
+        store = adata.uns.get("causalzoo", {}) if hasattr(adata, "uns") else {}
+        if _SETUP_KEY not in store:
+            raise CausalZooError(
+                "This AnnData has not been set up for the iVAE: call "
+                "cz.IVAE.setup_anndata(adata, aux_key=...) first."
+            )
+        return IVAERegistry.from_dict(store[_SETUP_KEY])
+
+    @classmethod
+    def from_arrays(
+        cls,
+        x: ArrayLike,
+        u: ArrayLike,
+        *,
+        feature_names: Sequence[str] | None = None,
+        count_data: bool = False,
+        **config_kwargs,
+    ) -> IVAE:
+        """Build a model from arrays: ``x`` (points, features) and ``u``, either 1-D labels
+        (segments, domains; one-hot encoded) or a 2-D ``(points, n_aux)`` matrix used as is.
+        """
+        import anndata
+
+        x = np.asarray(x)
+        u = np.asarray(u)
+        if x.ndim != 2:
+            raise CausalZooError(f"x must be 2-D (points, features); got shape {x.shape}.")
+        if u.ndim not in (1, 2):
+            raise CausalZooError(
+                f"u must be 1-D labels or a 2-D (points, n_aux) matrix; got shape {u.shape}."
+            )
+        if u.shape[0] != x.shape[0]:
+            raise CausalZooError(f"u has {u.shape[0]} rows but x has {x.shape[0]} points.")
+        names = list(feature_names or [f"x{j}" for j in range(x.shape[1])])
+        if len(names) != x.shape[1]:
+            raise CausalZooError(f"{len(names)} feature_names for {x.shape[1]} columns of x.")
+        obs = pd.DataFrame(index=[f"cell{i}" for i in range(x.shape[0])])
+        adata = anndata.AnnData(
+            X=x.astype(np.float32), obs=obs, var=pd.DataFrame(index=names)
+        )
+        if u.ndim == 1:
+            adata.obs["u"] = pd.Categorical([str(v) for v in u])
+        else:
+            adata.obsm["u"] = u.astype(np.float32)
+        cls.setup_anndata(adata, aux_key="u", count_data=count_data)
+        return cls(adata, **config_kwargs)
+
+    def _check_likelihood(self, registry: IVAERegistry) -> None:
+        lik = self.config.likelihood_block
+        if lik.count_data and not registry.count_data:
+            raise CausalZooError(
+                f"likelihood={lik.name!r} models counts but the data were set up with "
+                "count_data=False; use likelihood='gaussian', or set up counts with "
+                "count_data=True."
+            )
+
+    # ------------------------------------------------------------------ fitting
+    @property
+    def is_fitted(self) -> bool:
+        return self.params is not None
+
+    def _arrays(self, adata=None) -> dict[str, np.ndarray]:
+        adata = self.adata if adata is None else adata
+        if adata is None:
+            raise CausalZooError(
+                "This model has no data attached: pass adata (cz.load(path, adata=...))."
+            )
+        out = {"x": _observations(adata, self.registry), "u": _aux_matrix(adata, self.registry)}
+        if self.config.likelihood_block.uses_library:
+            out["library_size"] = np.maximum(out["x"].sum(-1), 1.0)
+        return out
+
+    def _static_kwargs(self) -> dict[str, Any]:
+        return {"config": self.config, "n_observed": self.registry.n_observed}
+
+    def fit(
+        self,
+        max_steps: int = 5000,
+        batch_size: int | None = None,
+        seed: int = 0,
+        *,
+        learning_rate: float = 3e-3,
+        schedule: str = "cosine",
+        early_stopping: EarlyStopping | bool = False,
+        progress: bool = True,
+        steps_per_call: int | None = None,
+    ) -> IVAE:
+        """Fit by SVI (mean-field ELBO, analytic KL) on minibatches.
+
+        Parameters
+        ----------
+        max_steps : int
+            SVI steps.
+        batch_size : int, optional
+            Points per step (default ``min(128, n_points)``).
+        seed : int
+            Seed of initialisation, minibatch order and ELBO noise.
+        learning_rate : float
+            Adam's (initial) learning rate.
+        schedule : {"cosine", "constant"}
+            ``"cosine"`` decays the rate to 3 % of ``learning_rate`` over ``max_steps``
+            (measured: the sources separate late, at small rates); ``"constant"`` keeps it.
+        early_stopping : EarlyStopping or bool
+            Off by default (a fixed step budget, so fits of different data are comparable;
+            whether stopping on an ELBO plateau costs recovery has not been measured).
+        progress : bool
+            Show a progress bar.
+        steps_per_call : int, optional
+            SVI steps per compiled call (see :func:`causalzoo.inference.fit_svi`).
+
+        Returns
+        -------
+        IVAE
+            ``self``; calling ``fit`` again continues from the current parameters.
+        """
+        arrays = self._arrays()
+        n = arrays["x"].shape[0]
+        batch_size = min(128, n) if batch_size is None else batch_size
+        if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
+                or not learning_rate > 0:
+            raise CausalZooError(f"learning_rate must be a number > 0; got {learning_rate!r}.")
+        if schedule == "cosine":
+            if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) \
+                    or max_steps < 1:
+                raise CausalZooError(f"max_steps must be a positive integer; got {max_steps!r}.")
+            rate = optax.cosine_decay_schedule(float(learning_rate), int(max_steps), alpha=0.03)
+        elif schedule == "constant":
+            rate = float(learning_rate)
+        else:
+            raise CausalZooError(f"schedule={schedule!r} is unknown; use 'cosine' or 'constant'.")
+        result: FitResult = fit_svi(
+            ivae_model,
+            ivae_guide,
+            arrays,
+            batch_size=batch_size,
+            max_steps=max_steps,
+            seed=seed,
+            optimizer=optax.adam(rate),
+            loss=TraceMeanField_ELBO(),
+            static_kwargs=self._static_kwargs(),
+            steps_per_call=steps_per_call,
+            early_stopping=early_stopping,
+            progress=progress,
+            init_params=self.params,
+            description="IVAE",
+        )
+        previous = self.history.get("loss", np.zeros(0, np.float32))
+        self.history = {"loss": np.concatenate([previous, result.losses])}
+        self.fit_info = {
+            "n_steps": int(self.fit_info.get("n_steps", 0)) + result.n_steps,
+            "stop_reason": result.stop_reason,
+            "batch_size": int(batch_size),
+            "seed": int(seed),
+            "learning_rate": float(learning_rate),
+            "schedule": schedule,
+            "compile_seconds": result.compile_seconds,
+            "run_seconds": result.run_seconds,
+        }
+        self.params = result.params
+        return self
+
+    train = fit
+
+    def _require_fit(self):
+        if not self.is_fitted:
+            raise CausalZooError("The model is not fitted yet: call .fit() first.")
+
+    # ------------------------------------------------------------------ posterior
+    def _encoder(self):
+        fn = self.__dict__.get("_encode_fn")
+        if fn is None:
+            config = self.config
+
+            def encode(params, x, u):
+                run = handlers.substitute(handlers.seed(ivae_encode, 0), params)
+                return run(x, u, config)
+
+            fn = self.__dict__["_encode_fn"] = jax.jit(encode)
+        return fn
+
+    def _posterior(self, arrays) -> tuple[np.ndarray, np.ndarray]:
+        """Means and marginal standard deviations of ``q(z | x, u)``, in chunks of one size
+        (one compilation for any number of points)."""
+        encode = self._encoder()
+        n = arrays["x"].shape[0]
+        chunk = min(_CHUNK, n)
+        locs, scales = [], []
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            pad = ((0, chunk - (stop - start)), (0, 0))
+            loc, scale_tril = encode(
+                self.params, np.pad(arrays["x"][start:stop], pad),
+                np.pad(arrays["u"][start:stop], pad),
+            )
+            tril = np.asarray(scale_tril)[: stop - start]
+            locs.append(np.asarray(loc)[: stop - start])
+            # marginal standard deviations: square roots of the diagonal of L L^T
+            scales.append(np.sqrt((tril**2).sum(-1)))
+        return np.concatenate(locs), np.concatenate(scales)
+
+    def get_latent_representation(
+        self,
+        adata=None,
+        *,
+        give_scale: bool = False,
+        write_obsm: bool | str = False,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Posterior means of the sources, ``(n_points, n_latent)``.
+
+        Parameters
+        ----------
+        adata : anndata.AnnData, optional
+            Points to embed (default: the training data); needs the set-up features and
+            auxiliary key.
+        give_scale : bool
+            Also return the posterior marginal standard deviations.
+        write_obsm : bool or str
+            Also write the means to ``adata.obsm["X_causalzoo"]`` (or the given key).
+        """
+        self._require_fit()
+        target = self.adata if adata is None else adata
+        loc, scale = self._posterior(self._arrays(target))
+        if write_obsm:
+            key = write_obsm if isinstance(write_obsm, str) else "X_causalzoo"
+            target.obsm[key] = loc
+        return (loc, scale) if give_scale else loc
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save configuration, set-up and parameters as plain data (JSON + npz, no pickle)."""
+        self._require_fit()
+        arrays, paths = _io.flatten_params(self.params)
+        meta = {
+            "format_version": _io.FORMAT_VERSION,
+            "causalzoo_version": _version(),
+            "model": MODEL_NAME,
+            "config": self.config.to_dict(),
+            "registry": self.registry.to_dict(),
+            "param_paths": paths,
+            "fit_info": self.fit_info,
+        }
+        return _io.write_model_dir(
+            path, meta, {"params": arrays, "history": dict(self.history)}, overwrite=overwrite
+        )
+
+    @classmethod
+    def _from_saved(cls, meta, arrays, adata=None, networks=None) -> IVAE:
+        if networks:
+            raise CausalZooError("The iVAE has no replaceable networks; load without networks=.")
+        self = cls.__new__(cls)
+        self.config = IVAEConfig.from_dict(meta["config"])
+        self.registry = IVAERegistry.from_dict(meta["registry"])
+        self._check_likelihood(self.registry)
+        if adata is not None:
+            _aux_matrix(adata[:1], self.registry)
+            _observations(adata[:1], self.registry)
+        self.adata = adata
+        self.params = _io.unflatten_params(arrays["params"], meta["param_paths"])
+        self.history = dict(arrays["history"])
+        self.fit_info = dict(meta.get("fit_info", {}))
+        return self
+
+    def __repr__(self) -> str:
+        c = self.config
+        state = f"fitted, {self.fit_info.get('n_steps', 0)} steps" if self.is_fitted else "not fitted"
+        return (
+            f"IVAE(n_latent={c.n_latent}, likelihood={c.likelihood_block.name!r}, "
+            f"features={self.registry.n_observed}, n_aux={self.registry.n_aux}; {state})"
+        )
+
+
+register_user_class(MODEL_NAME, IVAE)

@@ -1,0 +1,572 @@
+"""The dynamical latent causal model (CITE-VAE style), sequence mode.
+
+Generative story, for unit ``n`` (a sequence of ``T`` steps) in domain ``u_n``, with ``k``
+time-lagged latent causal variables, ``L`` lags and ``k_inv`` invariant latents::
+
+    G_l[i, j] ~ Bernoulli(p_edge)            # lag graph: z_{t-l, j} -> z_{t, i}, l = 1..L
+    for each domain d, latent i:             # plates "domains", "latents"
+        target_di         ~ Bernoulli(p_target)      # does domain d act on variable i?
+        mean_shift_di     ~ Normal(0, shift_scale^2)
+        log_scale_shift_di ~ Normal(0, log_scale_shift_scale^2)
+    for each unit n:                         # plate "units"
+        z_inv,n ~ Normal(0, I_{k_inv})       # never depends on u_n or t
+        z_n,t   ~ Normal(0, I_k)                                          t < L
+        z_n,t,i = f_i(G_i * z_n,{t-L..t-1}) + target_{u,i} mean_shift_{u,i}
+                  + sigma_i exp(target_{u,i} log_scale_shift_{u,i}) eps   t >= L
+        for each step t:                     # plates "units" x "steps"
+            x_n,t ~ p(x | g(z_inv,n, z_n,t))  # Gaussian (default), NB, ZINB or Poisson
+
+``f_i`` is a linear map of the masked lagged parents (a sparse VAR) plus, with
+``transition="mlp"``, a nonlinear residual: one MLP shared by the variables and told which
+variable it computes by a one-hot input, so each ``f_i`` is its own function of its masked
+parents. ``sigma`` are point-estimated base noise scales.
+With ``modulate_history=True`` a domain's shifts act on the initial steps as well (base
+distribution N(0, 1)), for data whose history already depends on the domain.
+The transition log-density of a whole path is computed at once from the path (every ``z_t``
+is a latent site, so all windows are known): no loop over time in the ELBO. Prior sampling
+runs the recursion with ``jax.lax.scan``.
+
+Guide: a per-step MLP encoder ``q(z_t | x_t)`` (mean-field over steps and variables),
+``q(z_inv | x_{0:T})`` from the time-average of the encoder input, straight-through
+Bernoulli factors for the lag graph and the domain targets (:mod:`causalzoo.blocks.priors`),
+Gaussian factors for the domain shifts.
+
+**Identifiability class** (LEAP / TDRL, and CITE-VAE's stated "standard equivalence
+class"): the time-lagged latents up to a permutation and component-wise invertible maps,
+given an injective decoder, conditionally independent transition noise given the history
+and domain, and enough variability of the noise distribution across domains and histories.
+Verify with Spearman MCC against an entangled floor
+(:func:`causalzoo.identifiability.mcc`, :func:`causalzoo.identifiability.entangled_floor`).
+The invariant block ``z_inv`` is claimed only up to a block-invertible map.
+
+Not implemented yet (see ``docs/models/dynamical.md``): the flow-style prior for
+non-Gaussian noise (learned inverse transition plus its Jacobian), domain labels per step,
+snapshot mode (each unit seen once).
+
+References
+----------
+- Jiang et al., *CITE-VAE*, SIGKDD 2026 AI4Science, arXiv:2605.25581 (abstract only; the
+  equations here are a reconstruction from its relatives).
+- Yao et al., *Learning Temporally Causal Latent Processes from General Temporal Data*,
+  ICLR 2022 (LEAP).
+- Yao et al., *Temporally Disentangled Representation Learning*, NeurIPS 2022 (TDRL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from jax import lax
+from numpyro import handlers
+from numpyro.distributions import constraints
+
+from .._errors import CausalZooError
+from ..blocks.likelihoods import Likelihood, get_likelihood
+from ..blocks.nn import MLP, attach, default_factory
+from ..blocks.priors import StraightThroughBernoulli
+
+__all__ = [
+    "DynamicalConfig",
+    "LaggedTransition",
+    "dynamical_model",
+    "dynamical_guide",
+    "global_guide",
+]
+
+NETWORK_NAMES = ("decoder", "encoder", "encoder_invariant", "transition")
+TRANSITIONS = ("mlp", "linear")
+
+
+def _logit(p: float) -> float:
+    return math.log(p) - math.log1p(-p)
+
+
+@dataclass(frozen=True)
+class DynamicalConfig:
+    """Hyper-parameters of the dynamical model (JSON-serialisable by name).
+
+    Parameters
+    ----------
+    n_latent : int
+        Number ``k`` of time-lagged latent causal variables ``z_t``.
+    n_latent_invariant : int
+        Size of the invariant block ``z_inv`` (0 leaves it out).
+    n_lags : int
+        Number ``L`` of lags of the transition (the first ``L`` steps are drawn from N(0, I)).
+    n_hidden, n_layers : int
+        Width and depth of the encoder, decoder and transition MLPs.
+    likelihood : str or Likelihood
+        ``"gaussian"`` (default, continuous sequences), ``"nb"``, ``"zinb"``, ``"poisson"``.
+    transition : {"mlp", "linear"}
+        Nonlinear per-variable mechanisms, or a sparse linear VAR.
+    edge_probability : float
+        Prior probability of each lagged edge ``z_{t-l, j} -> z_{t, i}``.
+    target_probability : float
+        Prior probability that a domain changes the mechanism of a variable.
+    shift_scale, log_scale_shift_scale : float
+        Prior scales of the domain mean shifts and log noise-scale shifts.
+    modulate_history : bool
+        Let the domain's mean and log-scale shifts act on the first ``n_lags`` steps too
+        (default: those steps are N(0, I), as in LEAP and TDRL).
+    activation : str
+        Hidden activation of the MLPs.
+    networks : mapping, optional
+        Custom network factories by name (``decoder``, ``encoder``, ``encoder_invariant``,
+        ``transition``): ``factory(in_features, out_features, *, rngs) -> nnx.Module``.
+    """
+
+    n_latent: int = 4
+    n_latent_invariant: int = 0
+    n_lags: int = 1
+    n_hidden: int = 64
+    n_layers: int = 2
+    likelihood: str | Likelihood = "gaussian"
+    transition: str = "mlp"
+    edge_probability: float = 0.5
+    target_probability: float = 0.5
+    shift_scale: float = 1.0
+    log_scale_shift_scale: float = 1.0
+    modulate_history: bool = False
+    activation: str = "leaky_relu"
+    networks: Mapping[str, Callable] | None = field(default=None, compare=False)
+
+    def __post_init__(self):
+        for name in ("n_latent", "n_lags", "n_hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise CausalZooError(f"{name} must be a positive integer; got {value!r}.")
+        for name in ("n_latent_invariant", "n_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise CausalZooError(f"{name} must be an integer >= 0; got {value!r}.")
+        for name in ("edge_probability", "target_probability"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+                raise CausalZooError(f"{name} must lie in (0, 1); got {value!r}.")
+        for name in ("shift_scale", "log_scale_shift_scale"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise CausalZooError(f"{name} must be > 0; got {value!r}.")
+        if self.transition not in TRANSITIONS:
+            raise CausalZooError(
+                f"transition={self.transition!r}: use one of {list(TRANSITIONS)} (the flow "
+                "prior is not implemented yet)."
+            )
+        unknown = set(self.networks or {}) - set(NETWORK_NAMES)
+        if unknown:
+            raise CausalZooError(
+                f"Unknown network name(s) {sorted(unknown)}; replaceable networks are "
+                f"{list(NETWORK_NAMES)}."
+            )
+        self.likelihood_block  # noqa: B018  (validates the name early)
+
+    @property
+    def likelihood_block(self) -> Likelihood:
+        return get_likelihood(self.likelihood)
+
+    def network(self, name: str) -> Callable:
+        """The factory ``(in_features, out_features, *, rngs) -> nnx.Module`` of a network."""
+        custom = (self.networks or {}).get(name)
+        return custom or default_factory(self.n_hidden, self.n_layers, self.activation)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict; custom likelihood instances or networks cannot be saved."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name == "networks":
+                if value:
+                    raise CausalZooError(
+                        "A model with custom networks cannot be saved as plain data: pass "
+                        "the same `networks=` again when loading (cz.load(..., networks=...))."
+                    )
+                continue
+            if isinstance(value, Likelihood):
+                value = value.name
+            out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], **overrides) -> DynamicalConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise CausalZooError(
+                f"Saved configuration has unknown fields {sorted(unknown)}: it was written by "
+                "an incompatible causalzoo version."
+            )
+        return cls(**{**d, **overrides})
+
+
+DEFAULT_CONFIG = DynamicalConfig()
+
+
+class LaggedTransition(dist.Distribution):
+    """Distribution of a latent path ``z_{0:T}`` of ``k`` variables under an ``L``-lag prior.
+
+    The first ``n_lags`` steps are ``Normal(shift, initial_scale)`` (``Normal(0,
+    initial_scale)`` with ``initial_shift=False``); step ``t >= L`` is
+    ``Normal(mean_fn(window_t) + shift, scale)`` with ``window_t`` the ``(L, k)`` array
+    ``[z_{t-1}, ..., z_{t-L}]``. ``log_prob`` scores a whole path at once (all windows are
+    slices of the value); ``sample`` runs the recursion with ``lax.scan``.
+
+    Parameters
+    ----------
+    mean_fn : callable
+        ``(..., L, k) -> (..., k)``, the transition mean given the lagged window.
+    shift : array (..., k)
+        Per-unit additive mean shift (the domain's).
+    scale : array (..., k)
+        Per-unit noise scale.
+    initial_scale : array (..., k), optional
+        Per-unit scale of the first ``n_lags`` steps (default 1).
+    initial_shift : bool
+        Whether ``shift`` applies to the first ``n_lags`` steps too.
+    n_steps, n_lags : int
+        Path length ``T`` and number of lags ``L`` (``T > L``).
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> d = LaggedTransition(lambda w: 0.5 * w[..., 0, :], jnp.zeros((3, 2)), jnp.ones((3, 2)),
+    ...                      n_steps=5, n_lags=1)
+    >>> z = d.sample(jax.random.key(0))
+    >>> z.shape, d.log_prob(z).shape
+    ((3, 5, 2), (3,))
+    """
+
+    arg_constraints = {
+        "shift": constraints.real,
+        "scale": constraints.positive,
+        "initial_scale": constraints.positive,
+    }
+    support = constraints.independent(constraints.real, 2)
+    reparametrized_params = ["shift", "scale", "initial_scale"]
+    pytree_aux_fields = ("mean_fn", "n_lags", "initial_shift")
+
+    def __init__(self, mean_fn, shift, scale, initial_scale=1.0, *, initial_shift: bool = True,
+                 n_steps: int, n_lags: int, validate_args=None):
+        if n_steps <= n_lags:
+            raise CausalZooError(
+                f"Sequences of {n_steps} steps are too short for {n_lags} lag(s): need at "
+                "least n_lags + 1 steps. Use fewer lags or longer sequences."
+            )
+        self.mean_fn = mean_fn
+        self.n_lags = n_lags
+        self.initial_shift = bool(initial_shift)
+        self.shift, self.scale, self.initial_scale = jnp.broadcast_arrays(
+            shift, scale, initial_scale
+        )
+        k = jnp.shape(self.shift)[-1]
+        super().__init__(
+            batch_shape=jnp.shape(self.shift)[:-1],
+            event_shape=(n_steps, k),
+            validate_args=validate_args,
+        )
+
+    def windows(self, value):
+        """The lagged windows ``(..., T - L, L, k)`` of a path (lag 1 first)."""
+        n_steps, lags = self.event_shape[0], self.n_lags
+        return jnp.stack(
+            [value[..., lags - l : n_steps - l, :] for l in range(1, lags + 1)], axis=-2
+        )
+
+    def transition_loc(self, value):
+        """Mean of steps ``L..T-1`` given the path, ``(..., T - L, k)``."""
+        return self.mean_fn(self.windows(value)) + self.shift[..., None, :]
+
+    def log_prob(self, value):
+        lags = self.n_lags
+        initial_loc = self.shift[..., None, :] if self.initial_shift else 0.0
+        initial = dist.Normal(initial_loc, self.initial_scale[..., None, :])
+        initial = initial.log_prob(value[..., :lags, :]).sum((-2, -1))
+        later = dist.Normal(self.transition_loc(value), self.scale[..., None, :])
+        return initial + later.log_prob(value[..., lags:, :]).sum((-2, -1))
+
+    def sample(self, key, sample_shape=()):
+        lags, (n_steps, k) = self.n_lags, self.event_shape
+        shape = sample_shape + self.batch_shape
+        key_init, key_eps = jax.random.split(key)
+        shift = jnp.broadcast_to(self.shift, shape + (k,))
+        scale = jnp.broadcast_to(self.scale, shape + (k,))
+        initial_scale = jnp.broadcast_to(self.initial_scale, shape + (k,))
+        initial = jax.random.normal(key_init, shape + (lags, k))
+        initial = initial_scale[..., None, :] * initial
+        if self.initial_shift:
+            initial = initial + shift[..., None, :]
+        eps = jax.random.normal(key_eps, (n_steps - lags,) + shape + (k,))
+
+        def step(window, e):  # window (..., L, k), lag 1 first
+            z = self.mean_fn(window) + shift + scale * e
+            return jnp.concatenate([z[..., None, :], window[..., :-1, :]], axis=-2), z
+
+        _, later = lax.scan(step, jnp.flip(initial, axis=-2), eps)
+        return jnp.concatenate([initial, jnp.moveaxis(later, 0, -2)], axis=-2)
+
+    @property
+    def mean(self):
+        raise NotImplementedError("The path mean has no closed form for nonlinear mechanisms.")
+
+
+class _scaled:
+    """``handlers.scale`` by ``total / batch`` when the batch is a minibatch, else nothing."""
+
+    def __init__(self, batch: int, total: int | None):
+        scale = 1.0 if total is None else total / batch
+        self.handler = handlers.scale(scale=scale) if scale != 1.0 else None
+
+    def __enter__(self):
+        if self.handler is not None:
+            self.handler.__enter__()
+
+    def __exit__(self, *exc):
+        if self.handler is not None:
+            self.handler.__exit__(*exc)
+
+
+def _shapes(x, u, n_steps, n_features, n_domains):
+    if u is None:
+        raise CausalZooError(
+            "The dynamical model needs `u`, the integer domain/perturbation code of each unit "
+            "(shape (units,)); use zeros for a single domain."
+        )
+    if jnp.ndim(u) != 1:
+        raise CausalZooError(f"u must be 1-D (one code per unit); got shape {jnp.shape(u)}.")
+    if x is not None:
+        if jnp.ndim(x) != 3:
+            raise CausalZooError(
+                f"x must be 3-D (units, steps, features); got shape {jnp.shape(x)}."
+            )
+        if x.shape[0] != u.shape[0]:
+            raise CausalZooError(f"x has {x.shape[0]} units but u has {u.shape[0]}.")
+        n_steps, n_features = x.shape[1], x.shape[2]
+    if n_steps is None or n_features is None:
+        raise CausalZooError(
+            "Pass `n_steps` and `n_features` when `x` is None (e.g. for prior predictive draws)."
+        )
+    if n_domains is None:
+        raise CausalZooError(
+            "Pass `n_domains`, the number of domain codes (u takes values 0..n_domains-1)."
+        )
+    return u.shape[0], n_steps, n_features
+
+
+def _residual_mlp(in_features, out_features, *, rngs, **kwargs):
+    """An MLP without LayerNorm whose output layer starts at zero: the nonlinear residual of
+    the transition starts switched off and grows where the data ask for it."""
+    net = MLP(in_features, out_features, rngs=rngs, layer_norm=False, **kwargs)
+    net.out.kernel[...] = jnp.zeros_like(net.out.kernel[...])
+    return net
+
+
+def transition_mean_fn(config: DynamicalConfig, lag_graph):
+    """The transition mean ``window (..., L, k) -> (..., k)`` (declares the network/params).
+
+    ``lag_graph`` is ``(k, L, k)``: entry ``[i, l, j]`` gates parent ``z_{t-l-1, j}`` of child
+    ``z_{t, i}``. A child's masked window is all the mechanism sees of the past. The linear
+    part is always there; ``transition="mlp"`` adds a nonlinear residual, an MLP without
+    LayerNorm (normalising the hidden layer would make the mechanism blind to the scale of
+    its parents).
+    """
+    k, lags = config.n_latent, config.n_lags
+    weights = numpyro.param("transition_weights", jnp.zeros((k, lags, k)))
+
+    def linear(window):
+        return jnp.einsum("...lj,ilj->...i", window, weights * lag_graph)
+
+    if config.transition == "linear":
+        return linear
+    factory = (config.networks or {}).get("transition") or partial(
+        _residual_mlp, n_hidden=config.n_hidden, n_layers=max(config.n_layers, 1),
+        activation=config.activation,
+    )
+    net = attach("transition", lambda rngs: factory(lags * k + k, 1, rngs=rngs))
+    identity = jnp.eye(k)
+
+    def mlp(window):
+        masked = window[..., None, :, :] * lag_graph  # (..., k_child, L, k_parent)
+        flat = masked.reshape(masked.shape[:-2] + (lags * k,))
+        which = jnp.broadcast_to(identity, flat.shape[:-1] + (k,))
+        return linear(window) + net(jnp.concatenate([flat, which], axis=-1))[..., 0]
+
+    return mlp
+
+
+def dynamical_model(
+    x=None,
+    u=None,
+    library_size=None,
+    *,
+    n_units: int | None = None,
+    n_cells: int | None = None,
+    n_steps: int | None = None,
+    n_features: int | None = None,
+    n_domains: int | None = None,
+    config: DynamicalConfig = DEFAULT_CONFIG,
+):
+    """The generative model (see the module docstring).
+
+    Parameters
+    ----------
+    x : array (units, steps, features), optional
+        Observed sequences (counts for count likelihoods); ``None`` to sample.
+    u : array of int (units,)
+        Domain / perturbation code of each unit, in ``0..n_domains-1``.
+    library_size : array (units, steps), optional
+        Library sizes for count likelihoods; defaults to ``x.sum(-1)``.
+    n_units : int, optional
+        Total number of units when ``x`` is a minibatch (scales the unit log-densities).
+    n_cells : int, optional
+        Alias of ``n_units`` (the name :func:`causalzoo.inference.fit_svi` passes).
+    n_steps, n_features : int, optional
+        Sizes when ``x`` is None.
+    n_domains : int
+        Number of domains.
+    config : DynamicalConfig
+
+    Returns
+    -------
+    dict
+        ``{"z_inv", "z", "lag_graph", "target", "x"}`` of this trace (``z_inv`` is None when
+        ``n_latent_invariant=0``).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from numpyro import handlers
+    >>> out = handlers.seed(dynamical_model, 0)(u=jnp.array([0, 1, 1]), n_steps=4,
+    ...                                         n_features=5, n_domains=2)
+    >>> out["z"].shape, out["x"].shape
+    ((3, 4, 4), (3, 4, 5))
+    """
+    n_batch, n_steps, n_features = _shapes(x, u, n_steps, n_features, n_domains)
+    lik = config.likelihood_block
+    k, k_inv, lags = config.n_latent, config.n_latent_invariant, config.n_lags
+    with numpyro.plate("latents", k, dim=-1):
+        lag_graph = numpyro.sample(
+            "lag_graph",
+            dist.Bernoulli(probs=jnp.full((lags, k), config.edge_probability)).to_event(2),
+        )
+        with numpyro.plate("domains", n_domains, dim=-2):
+            target = numpyro.sample("target", dist.Bernoulli(probs=config.target_probability))
+            mean_shift = numpyro.sample("mean_shift", dist.Normal(0.0, config.shift_scale))
+            log_scale_shift = numpyro.sample(
+                "log_scale_shift", dist.Normal(0.0, config.log_scale_shift_scale)
+            )
+    log_sigma = numpyro.param("log_transition_scale", jnp.zeros(k))
+    mean_fn = transition_mean_fn(config, lag_graph)
+    decoder = attach(
+        "decoder",
+        lambda rngs: config.network("decoder")(k_inv + k, lik.n_outputs * n_features, rngs=rngs),
+    )
+    if library_size is None and x is not None and lik.uses_library:
+        library_size = x.sum(-1)
+    if library_size is None and lik.uses_library:
+        raise CausalZooError("Pass `library_size` (units, steps) when `x` is None for counts.")
+
+    shift = (target * mean_shift)[u]
+    domain_log_scale = (target * log_scale_shift)[u]
+    z_inv = None
+    with _scaled(n_batch, n_units or n_cells):
+        with numpyro.plate("units", n_batch, dim=-1):
+            if k_inv:
+                z_inv = numpyro.sample(
+                    "z_inv", dist.Normal(0.0, 1.0).expand([k_inv]).to_event(1)
+                )
+            z = numpyro.sample(
+                "z",
+                LaggedTransition(
+                    mean_fn, shift, jnp.exp(log_sigma + domain_log_scale),
+                    jnp.exp(domain_log_scale) if config.modulate_history else 1.0,
+                    initial_shift=config.modulate_history, n_steps=n_steps, n_lags=lags,
+                ),
+            )
+        h = z if z_inv is None else jnp.concatenate(
+            [jnp.broadcast_to(z_inv[:, None, :], (n_batch, n_steps, k_inv)), z], axis=-1
+        )
+        out = decoder(h)
+        with numpyro.plate("units", n_batch, dim=-2), numpyro.plate("steps", n_steps, dim=-1):
+            x = numpyro.sample("x", lik(out, library_size).to_event(1), obs=x)
+    return {"z_inv": z_inv, "z": z, "lag_graph": lag_graph, "target": target, "x": x}
+
+
+def global_guide(n_domains: int, *, config: DynamicalConfig = DEFAULT_CONFIG):
+    """The guide's global factors: lag graph, domain targets, mean and log-scale shifts."""
+    k, lags = config.n_latent, config.n_lags
+    graph_logits = numpyro.param(
+        "lag_graph_logits", jnp.full((k, lags, k), _logit(config.edge_probability))
+    )
+    shape = (n_domains, k)
+    target_logits = numpyro.param(
+        "target_logits", jnp.full(shape, _logit(config.target_probability))
+    )
+    factors = {
+        name: (numpyro.param(f"{name}_loc", jnp.zeros(shape)),
+               jnp.exp(numpyro.param(f"{name}_log_scale", jnp.full(shape, -2.0))))
+        for name in ("mean_shift", "log_scale_shift")
+    }
+    with numpyro.plate("latents", k, dim=-1):
+        lag_graph = numpyro.sample(
+            "lag_graph", StraightThroughBernoulli(graph_logits).to_event(2)
+        )
+        with numpyro.plate("domains", n_domains, dim=-2):
+            target = numpyro.sample("target", StraightThroughBernoulli(target_logits))
+            draws = {
+                name: numpyro.sample(name, dist.Normal(loc, scale))
+                for name, (loc, scale) in factors.items()
+            }
+    return {"lag_graph": lag_graph, "target": target, **draws}
+
+
+def encoder_input(x, likelihood: Likelihood):
+    """What the encoders see: ``log1p`` counts for count likelihoods, ``x`` otherwise."""
+    return jnp.log1p(x) if likelihood.count_data else x
+
+
+def _gaussian_encoder(name, in_features, n_latent, config):
+    net = attach(name, lambda rngs: config.network(name)(in_features, 2 * n_latent, rngs=rngs))
+
+    def encode(h):
+        loc, raw = jnp.split(net(h), 2, axis=-1)
+        return loc, jax.nn.softplus(raw) + 1e-4
+
+    return encode
+
+
+def dynamical_guide(
+    x=None,
+    u=None,
+    library_size=None,
+    *,
+    n_units: int | None = None,
+    n_cells: int | None = None,
+    n_steps: int | None = None,
+    n_features: int | None = None,
+    n_domains: int | None = None,
+    config: DynamicalConfig = DEFAULT_CONFIG,
+):
+    """Amortised guide: per-step ``q(z_t | x_t)``, ``q(z_inv | x_{0:T})``, global factors."""
+    if x is None:
+        raise CausalZooError("The guide needs the observed `x` (it is amortised over units).")
+    n_batch, n_steps, n_features = _shapes(x, u, n_steps, n_features, n_domains)
+    global_guide(n_domains, config=config)
+    h = encoder_input(x, config.likelihood_block)
+    encode = _gaussian_encoder("encoder", n_features, config.n_latent, config)
+    with _scaled(n_batch, n_units or n_cells), numpyro.plate("units", n_batch, dim=-1):
+        if config.n_latent_invariant:
+            encode_inv = _gaussian_encoder(
+                "encoder_invariant", n_features, config.n_latent_invariant, config
+            )
+            loc_inv, scale_inv = encode_inv(h.mean(axis=1))
+            numpyro.sample("z_inv", dist.Normal(loc_inv, scale_inv).to_event(1))
+        loc, scale = encode(h)
+        numpyro.sample("z", dist.Normal(loc, scale).to_event(2))

@@ -1,0 +1,73 @@
+"""Recovery of the dynamical model's latents on the LEAP non-stationary generator.
+
+The claim (LEAP / TDRL, and CITE-VAE's "standard equivalence class"): the time-lagged
+latents are identified up to permutation and component-wise invertible maps when the
+transition noise changes enough across domains. The test fits ``cz.DynamicalCausalVAE``
+(linear lagged mechanisms, domain-dependent noise scales) to sequences from
+``leap_nonstationary`` with 3 latents, 2 lags and 20 domains, and scores the posterior means
+of all steps, flattened, by Spearman MCC against the entangled floor (the mean MCC of random
+rotations of the true latents):
+
+* with the true domain labels the MCC is clearly above the floor;
+* the negative control, the same data and budget with shuffled domain labels (so the
+  noise scales no longer vary with the label), falls back to the floor.
+
+``benchmarks/recovery_dynamical.py`` runs the same measurement at other sizes and seeds.
+
+NOT YET PASSING, so skipped: at this size the fit does not separate from the floor on every
+seed. Measured with ``python benchmarks/recovery_dynamical.py --seed S`` (20 x 150 sequences,
+3000 steps, linear mechanisms, N(0, I) history): seed 0, true labels 0.766 (0.885 after the
+history) against a floor of 0.749, shuffled 0.627; seed 1, true 0.513 against 0.721,
+shuffled 0.522. Remove the skip once the benchmark shows a margin on several seeds; the
+thresholds below are the claim, not to be loosened.
+"""
+
+import numpy as np
+import pytest
+
+import causalzoo as cz
+from causalzoo.identifiability import entangled_floor, mcc
+
+D, STEPS = 3, 3000
+
+pytestmark = pytest.mark.skip(
+    reason="dynamical recovery is not yet above the entangled floor at CI size (see the "
+    "module docstring and benchmarks/recovery_dynamical.py)"
+)
+
+
+def _fit_and_score(data, u):
+    model = cz.DynamicalCausalVAE.from_arrays(
+        x=data.x / data.x.std(), u=u, n_latent=D, n_lags=data.n_lags, n_hidden=64,
+        transition="linear",
+    )
+    model.fit(max_steps=STEPS, batch_size=128, seed=0, learning_rate=5e-3, progress=False)
+    z_hat = model.get_latent_representation()
+    assert z_hat.shape == data.z.shape
+    return mcc(data.z.reshape(-1, D), z_hat.reshape(-1, D), method="spearman"), model
+
+
+@pytest.fixture(scope="module")
+def truth():
+    data = cz.identifiability.generators.leap_nonstationary(
+        n_domains=20, n_per_domain=150, n_latent=D, seed=0
+    )
+    floor = entangled_floor(data.z.reshape(-1, D), method="spearman", seed=0)["rotation"]
+    return data, floor
+
+
+@pytest.mark.slow
+def test_latents_are_recovered_above_the_entangled_floor(truth):
+    data, floor = truth
+    score, model = _fit_and_score(data, data.u)
+    assert score > floor + 0.1, (score, floor)
+    # the domains act through the noise scales: every domain targets some latent
+    assert model.perturbation_targets().to_numpy().max(axis=1).min() > 0.5
+
+
+@pytest.mark.slow
+def test_negative_control_shuffled_domains_fall_to_the_floor(truth):
+    data, floor = truth
+    shuffled = data.u[np.random.default_rng(1).permutation(len(data.u))]
+    score, _ = _fit_and_score(data, shuffled)
+    assert score < floor + 0.05, (score, floor)

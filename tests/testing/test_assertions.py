@@ -1,0 +1,71 @@
+"""assert_recovers / assert_does_not_recover compare a score with the entangled floor and
+explain failures with every number."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import causalzoo as cz
+from causalzoo import CausalZooError
+from causalzoo.identifiability.metrics import _haar_orthogonal
+from causalzoo.testing import assert_does_not_recover, assert_recovers, recovery_report
+
+
+@pytest.fixture(scope="module")
+def data():
+    return cz.identifiability.generators.ivae(n_segments=6, n_per_segment=200, n_latent=4,
+                                              seed=1)
+
+
+def test_equivalent_estimate_passes_with_the_numbers(data):
+    z_hat = np.c_[np.exp(data.z[:, 2]), -data.z[:, 0], data.z[:, 3] ** 3, data.z[:, 1], data.z[:, 0]]
+    report = assert_recovers(z_hat, data, metric="spearman", margin=0.2)
+    assert report.score == pytest.approx(1.0)
+    assert report.matching.tolist() == [1, 3, 0, 2] or report.matching.tolist() == [4, 3, 0, 2]
+    assert set(report.floors) == {"rotation", "rotation_max", "observations"}
+    assert report.floor == max(report.floors["rotation"], report.floors["observations"])
+
+
+def test_rotated_estimate_fails_with_an_informative_message(data):
+    rotated = data.z @ _haar_orthogonal(4, np.random.default_rng(3))
+    with pytest.raises(AssertionError) as err:
+        assert_recovers(rotated, data, margin=0.1)
+    message = str(err.value)
+    report = recovery_report(rotated, data)
+    assert f"{report.score:.3f}" in message and f"{report.floor:.3f}" in message
+    assert "margin 0.100" in message and "matched correlations" in message
+    # ... and the same estimate is a passing negative control
+    assert_does_not_recover(rotated, data, margin=0.1)
+
+
+def test_negative_control_fails_when_the_latents_are_recovered(data):
+    with pytest.raises(AssertionError, match="negative control recovers"):
+        assert_does_not_recover(data.z * 2.0, data)
+
+
+def test_min_score_and_floor_kinds(data):
+    noisy = data.z + np.random.default_rng(0).normal(size=data.z.shape) * data.z.std(0) * 0.5
+    report = recovery_report(noisy, data, metric="pearson", floor="rotation")
+    assert report.floor == report.floors["rotation"]
+    assert report.floor < report.score < 0.95
+    with pytest.raises(AssertionError, match="below min_score=0.990"):
+        assert_recovers(noisy, data, metric="pearson", floor="rotation", margin=0.0,
+                        min_score=0.99)
+    # true latents alone (no x): the observation floor is unavailable
+    only_z = recovery_report(noisy, data.z)
+    assert "observations" not in only_z.floors
+    with pytest.raises(CausalZooError, match="floor='observations' needs"):
+        recovery_report(noisy, data.z, floor="observations")
+    with pytest.raises(CausalZooError, match="floor='median'"):
+        recovery_report(noisy, data, floor="median")
+    with pytest.raises(CausalZooError, match="margin"):
+        assert_recovers(noisy, data, margin="large")
+
+
+def test_accepts_a_fitted_model(data):
+    class Fitted:
+        def get_latent_representation(self):
+            return data.z[:, ::-1]
+
+    assert assert_recovers(Fitted(), data).score == pytest.approx(1.0)

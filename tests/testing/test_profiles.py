@@ -1,0 +1,49 @@
+"""Hypothesis profiles: registered under prefixed names, chosen by an environment variable,
+and never loaded for code that does not import causalzoo.testing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from hypothesis import settings
+
+from causalzoo import CausalZooError
+from causalzoo.testing import profiles
+
+
+def _run(code: str, env_value: str | None) -> str:
+    env = {k: v for k, v in os.environ.items() if k != profiles.ENV_VAR}
+    if env_value is not None:
+        env[profiles.ENV_VAR] = env_value
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+PRINT = "from hypothesis import settings; print(settings().max_examples, settings._current_profile)"
+
+
+def test_environment_variable_selects_the_profile():
+    code = "import causalzoo.testing as t; " + PRINT + "; print(t.active_profile())"
+    assert _run(code, "nightly").splitlines() == ["500 causalzoo-nightly", "nightly"]
+    assert _run(code, "causalzoo-ci").splitlines() == ["20 causalzoo-ci", "ci"]
+    # unset: hypothesis keeps its own default profile
+    assert _run(code, None).splitlines() == ["100 default", "None"]
+
+
+def test_importing_causalzoo_alone_leaves_hypothesis_alone():
+    code = "import causalzoo; import sys; " + PRINT + "; print('causalzoo.testing' in sys.modules)"
+    assert _run(code, "ci").splitlines() == ["100 default", "False"]
+
+
+def test_profiles_are_registered_and_unknown_names_are_refused():
+    names = profiles.register_profiles()
+    assert names == ["causalzoo-ci", "causalzoo-nightly", "causalzoo-gpu"]
+    assert settings.get_profile("causalzoo-ci").max_examples == 20
+    assert settings.get_profile("causalzoo-gpu").max_examples >= 500
+    with pytest.raises(CausalZooError, match="'weekly'"):
+        profiles.load_profile("weekly")
