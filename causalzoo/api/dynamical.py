@@ -1,0 +1,412 @@
+"""``DynamicalCausalVAE``: the user class of the dynamical latent causal model.
+
+Thin plumbing over :mod:`causalzoo.models.dynamical` in **sequence mode**: arrays
+``x (n_units, n_steps, n_features)`` with one domain / perturbation label per unit. It encodes
+the labels, runs :func:`causalzoo.inference.fit_svi` with units as the minibatch axis, and
+keeps what a fitted model needs to embed sequences, report its lag graph and perturbation
+targets, and be saved as plain data. Snapshot mode (AnnData with a time key) is not
+implemented yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+from numpyro import handlers
+
+from .. import _io
+from .._errors import CausalZooError
+from ..inference import AlignedELBO, EarlyStopping, FitResult, fit_svi, two_speed_adam
+from ..models.dynamical import DynamicalConfig, dynamical_guide, dynamical_model
+from ._common import package_version as _version
+from ._common import register_user_class
+
+__all__ = ["DynamicalCausalVAE"]
+
+MODEL_NAME = "dynamical"
+_CHUNK = 1024
+
+
+def _encode_labels(u: np.ndarray, names: Sequence[str] | None):
+    """Integer codes and the string vocabulary of per-unit labels."""
+    if names is not None:
+        vocabulary = [str(n) for n in names]
+        if len(set(vocabulary)) != len(vocabulary):
+            raise CausalZooError(f"domain_names has duplicates: {vocabulary}.")
+        if np.issubdtype(u.dtype, np.integer):
+            codes = u.astype(np.int64)
+            bad = codes[(codes < 0) | (codes >= len(vocabulary))]
+            if bad.size:
+                raise CausalZooError(
+                    f"u holds code {int(bad[0])} but domain_names has {len(vocabulary)} "
+                    f"entries; codes must lie in 0..{len(vocabulary) - 1}."
+                )
+            return codes.astype(np.int32), vocabulary
+        lookup = {n: i for i, n in enumerate(vocabulary)}
+        missing = sorted({str(v) for v in u} - set(lookup))
+        if missing:
+            raise CausalZooError(
+                f"u has label(s) {missing[:5]} that are not in domain_names {vocabulary}."
+            )
+        return np.array([lookup[str(v)] for v in u], np.int32), vocabulary
+    if np.issubdtype(u.dtype, np.integer):
+        if u.size and u.min() < 0:
+            raise CausalZooError(f"Integer domain codes must be >= 0; got {int(u.min())}.")
+        n = int(u.max()) + 1 if u.size else 0
+        return u.astype(np.int32), [str(i) for i in range(n)]
+    vocabulary = sorted({str(v) for v in u})
+    lookup = {n: i for i, n in enumerate(vocabulary)}
+    return np.array([lookup[str(v)] for v in u], np.int32), vocabulary
+
+
+class DynamicalCausalVAE:
+    """CITE-VAE-style dynamical latent causal model on sequences.
+
+    The generative story, identifiability class and references are in
+    :mod:`causalzoo.models.dynamical`. Build it with :meth:`from_arrays`.
+
+    Parameters
+    ----------
+    x : array_like (n_units, n_steps, n_features)
+        Observed sequences.
+    u : array_like of int (n_units,)
+        Domain code of each unit (``0..len(domain_names)-1``).
+    domain_names : sequence of str
+        The domain vocabulary.
+    feature_names : sequence of str, optional
+        Names of the features.
+    **config_kwargs
+        Hyper-parameters of :class:`~causalzoo.models.dynamical.DynamicalConfig`:
+        ``n_latent``, ``n_latent_invariant``, ``n_lags``, ``n_hidden``, ``n_layers``,
+        ``likelihood``, ``transition``, ``edge_probability``, ``target_probability``, ...
+
+    Examples
+    --------
+    >>> import numpy as np, causalzoo as cz
+    >>> x = np.random.default_rng(0).normal(size=(64, 5, 6)).astype(np.float32)
+    >>> m = cz.DynamicalCausalVAE.from_arrays(x=x, u=np.arange(64) % 2, n_latent=2)
+    >>> m.fit(max_steps=20, batch_size=32, progress=False)  # doctest: +SKIP
+    >>> m.get_latent_representation().shape  # doctest: +SKIP
+    (64, 5, 2)
+    """
+
+    spec_name = MODEL_NAME
+    _saved_groups = ("params", "history")
+
+    def __init__(self, x, u, *, domain_names: Sequence[str],
+                 feature_names: Sequence[str] | None = None, **config_kwargs):
+        self.config = DynamicalConfig(**config_kwargs)
+        self.x = self._check_x(x)
+        self.u = np.asarray(u, np.int32)
+        self.domain_names = [str(n) for n in domain_names]
+        self.n_steps, self.n_features = self.x.shape[1], self.x.shape[2]
+        self.feature_names = [
+            str(f) for f in (feature_names or [f"feature{j}" for j in range(self.n_features)])
+        ]
+        if len(self.feature_names) != self.n_features:
+            raise CausalZooError(
+                f"{len(self.feature_names)} feature_names for {self.n_features} features."
+            )
+        if self.u.shape != (self.x.shape[0],):
+            raise CausalZooError(
+                f"u must hold one label per unit: shape ({self.x.shape[0]},); got "
+                f"{self.u.shape}."
+            )
+        if self.n_steps <= self.config.n_lags:
+            raise CausalZooError(
+                f"Sequences of {self.n_steps} steps are too short for n_lags="
+                f"{self.config.n_lags}: need at least n_lags + 1 steps."
+            )
+        self.params: dict[str, Any] | None = None
+        self.history: dict[str, np.ndarray] = {}
+        self.fit_info: dict[str, Any] = {}
+
+    def _check_x(self, x) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        if x.ndim != 3:
+            raise CausalZooError(
+                f"x must be 3-D (units, steps, features); got shape {x.shape}. For snapshot "
+                "data (each cell seen once) use the snapshot mode (not implemented yet)."
+            )
+        if not np.all(np.isfinite(x)):
+            raise CausalZooError("x has NaN or infinite values; remove or impute them first.")
+        lik = self.config.likelihood_block
+        if lik.count_data and (np.any(x < 0) or np.any(x != np.round(x))):
+            raise CausalZooError(
+                f"likelihood={lik.name!r} models counts but x has negative or non-integer "
+                "values; use likelihood='gaussian' for continuous data."
+            )
+        return x
+
+    @classmethod
+    def from_arrays(
+        cls,
+        x: ArrayLike,
+        u: ArrayLike | None = None,
+        *,
+        domain_names: Sequence[str] | None = None,
+        feature_names: Sequence[str] | None = None,
+        **config_kwargs,
+    ) -> DynamicalCausalVAE:
+        """Build a model from sequences ``x (n_units, n_steps, n_features)`` and per-unit
+        domain labels ``u`` (strings or integer codes; ``None`` for a single domain).
+
+        ``domain_names`` fixes the vocabulary (integer ``u`` then indexes it); by default it
+        is the sorted distinct labels (or ``0..max(u)`` for integer codes).
+        """
+        x = np.asarray(x)
+        if u is None:
+            u = np.zeros(x.shape[0] if x.ndim else 0, np.int64)
+        u = np.asarray(u)
+        if u.ndim != 1:
+            raise CausalZooError(
+                f"u must be 1-D, one label per unit; got shape {u.shape} (labels per step are "
+                "not supported yet)."
+            )
+        codes, vocabulary = _encode_labels(u, domain_names)
+        return cls(x, codes, domain_names=vocabulary, feature_names=feature_names,
+                   **config_kwargs)
+
+    # ------------------------------------------------------------------ fitting
+    @property
+    def is_fitted(self) -> bool:
+        return self.params is not None
+
+    @property
+    def n_domains(self) -> int:
+        return len(self.domain_names)
+
+    def _static_kwargs(self) -> dict[str, Any]:
+        return {"config": self.config, "n_domains": self.n_domains}
+
+    def fit(
+        self,
+        max_steps: int = 5000,
+        batch_size: int | None = None,
+        seed: int = 0,
+        *,
+        learning_rate: float = 1e-3,
+        global_learning_rate: float | None = None,
+        early_stopping: EarlyStopping | bool = False,
+        progress: bool = True,
+        steps_per_call: int | None = None,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+        checkpoint_every: int = 1000,
+        on_nonfinite: str = "stop",
+    ) -> DynamicalCausalVAE:
+        """Fit by SVI on minibatches of ``batch_size`` units (default ``min(256, n_units)``).
+
+        Networks train with Adam at ``learning_rate``, the global variational parameters
+        (lag-graph and target logits, domain shifts) at ``global_learning_rate`` (default ten
+        times ``learning_rate``), see :func:`causalzoo.inference.two_speed_adam`. Calling it
+        again continues from the current parameters. Returns ``self``; the loss history (the
+        negative ELBO per step) is in ``self.history["loss"]``.
+
+        ``checkpoint_dir``, ``resume``, ``checkpoint_every`` and ``on_nonfinite`` are those
+        of :func:`causalzoo.inference.fit_svi` (periodic atomic checkpoints, exact resume,
+        Ctrl-C checkpoint, non-finite diagnosis); see the reliability guide.
+        """
+        n_units = self.x.shape[0]
+        batch_size = min(256, n_units) if batch_size is None else batch_size
+        if not learning_rate > 0 or (
+            global_learning_rate is not None and not global_learning_rate > 0
+        ):
+            raise CausalZooError(
+                f"learning rates must be > 0; got learning_rate={learning_rate!r}, "
+                f"global_learning_rate={global_learning_rate!r}."
+            )
+        global_learning_rate = global_learning_rate or 10 * learning_rate
+        data = {"x": self.x, "u": self.u}
+        if self.config.likelihood_block.uses_library:
+            data["library_size"] = np.maximum(self.x.sum(-1), 1.0)
+        result: FitResult = fit_svi(
+            dynamical_model,
+            dynamical_guide,
+            data,
+            batch_size=batch_size,
+            max_steps=max_steps,
+            seed=seed,
+            optimizer=two_speed_adam(learning_rate, global_learning_rate),
+            # The mean-field ELBO: analytic KL for the graph, targets, shifts and z_inv.
+            loss=AlignedELBO(0.0),
+            static_kwargs=self._static_kwargs(),
+            steps_per_call=steps_per_call,
+            early_stopping=early_stopping,
+            progress=progress,
+            init_params=self.params,
+            description="DynamicalCausalVAE",
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            on_nonfinite=on_nonfinite,
+            checkpoint_meta={
+                "model": MODEL_NAME,
+                "learning_rate": float(learning_rate),
+                "global_learning_rate": float(global_learning_rate),
+            },
+        )
+        previous = self.history.get("loss", np.zeros(0, np.float32))
+        earlier_steps = int(self.fit_info.get("n_steps", 0))
+        if result.resumed_from:
+            # A resumed result carries the checkpointed fit's whole history.
+            previous, earlier_steps = np.zeros(0, np.float32), 0
+        self.history = {"loss": np.concatenate([previous, result.losses])}
+        self.fit_info = {
+            "n_steps": earlier_steps + result.n_steps,
+            "diagnosis": result.diagnosis,
+            "stop_reason": result.stop_reason,
+            "batch_size": int(batch_size),
+            "seed": int(seed),
+            "learning_rate": float(learning_rate),
+            "global_learning_rate": float(global_learning_rate),
+            "compile_seconds": result.compile_seconds,
+            "run_seconds": result.run_seconds,
+        }
+        self.params = result.params
+        return self
+
+    train = fit
+
+    def _require_fit(self):
+        if not self.is_fitted:
+            raise CausalZooError("The model is not fitted yet: call .fit() first.")
+
+    # ------------------------------------------------------------------ posterior
+    def _encoder(self):
+        cache = self.__dict__.setdefault("_compiled_fns", {})
+        if "encode" not in cache:
+            kwargs = self._static_kwargs()
+
+            def encode(params, x, u):
+                guide = handlers.substitute(handlers.seed(dynamical_guide, 0), params)
+                tr = handlers.trace(guide).get_trace(x=x, u=u, **kwargs)
+                z = tr["z"]["fn"].base_dist.loc
+                z_inv = tr["z_inv"]["fn"].base_dist.loc if "z_inv" in tr else z[:, 0, :0]
+                return z, z_inv
+
+            cache["encode"] = jax.jit(encode)
+        return cache["encode"]
+
+    def get_latent_representation(
+        self,
+        x: ArrayLike | None = None,
+        *,
+        block: str = "dynamic",
+    ) -> np.ndarray:
+        """Posterior means of the latents.
+
+        Parameters
+        ----------
+        x : array_like (n_units, n_steps, n_features), optional
+            Sequences to embed (default: the training data). The encoder is per step, so
+            any number of units works; the number of steps must be the training one.
+        block : {"dynamic", "invariant"}
+            ``"dynamic"``: ``z_t``, shape ``(n_units, n_steps, n_latent)``;
+            ``"invariant"``: ``z_inv``, shape ``(n_units, n_latent_invariant)``.
+        """
+        self._require_fit()
+        if block not in ("dynamic", "invariant"):
+            raise CausalZooError(f"block={block!r}: use 'dynamic' or 'invariant'.")
+        if x is None:
+            if self.x is None:
+                raise CausalZooError(
+                    "This model was loaded without its training data: pass the sequences to "
+                    "embed, get_latent_representation(x=...)."
+                )
+            x = self.x
+        else:
+            x = self._check_x(x)
+            if x.shape[1:] != (self.n_steps, self.n_features):
+                raise CausalZooError(
+                    f"x has shape {x.shape}; the model was fitted on (units, {self.n_steps}, "
+                    f"{self.n_features})."
+                )
+        encode = self._encoder()
+        n = x.shape[0]
+        chunk = min(_CHUNK, n)
+        outs = []
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            batch = np.pad(x[start:stop], ((0, chunk - (stop - start)), (0, 0), (0, 0)))
+            # The guide's z does not depend on u; zeros keep one compiled shape.
+            z, z_inv = encode(self.params, jnp.asarray(batch), jnp.zeros(chunk, jnp.int32))
+            outs.append(np.asarray(z if block == "dynamic" else z_inv)[: stop - start])
+        return np.concatenate(outs)
+
+    def lag_graph(self) -> np.ndarray:
+        """Posterior edge probabilities of the lag graph, shape ``(n_lags, n_latent,
+        n_latent)``: entry ``[l, j, i]`` is ``P(z_{t-l-1, j} -> z_{t, i})`` (parents in rows,
+        children in columns)."""
+        self._require_fit()
+        probs = jax.nn.sigmoid(jnp.asarray(self.params["lag_graph_logits"]))  # (child, lag, parent)
+        return np.asarray(jnp.transpose(probs, (1, 2, 0)))
+
+    def perturbation_targets(self) -> pd.DataFrame:
+        """Posterior probability that each domain changes the mechanism of each latent."""
+        self._require_fit()
+        probs = np.asarray(jax.nn.sigmoid(jnp.asarray(self.params["target_logits"])))
+        return pd.DataFrame(
+            probs, index=self.domain_names,
+            columns=[f"z_{i}" for i in range(self.config.n_latent)],
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save configuration, vocabularies and parameters as plain data (JSON + npz; no
+        pickle). The training sequences are not saved."""
+        self._require_fit()
+        arrays, paths = _io.flatten_params(self.params)
+        meta = {
+            "format_version": _io.FORMAT_VERSION,
+            "causalzoo_version": _version(),
+            "model": MODEL_NAME,
+            "mode": "sequence",
+            "config": self.config.to_dict(),
+            "domain_names": self.domain_names,
+            "feature_names": self.feature_names,
+            "n_steps": int(self.n_steps),
+            "param_paths": paths,
+            "fit_info": self.fit_info,
+        }
+        return _io.write_model_dir(
+            path, meta, {"params": arrays, "history": dict(self.history)}, overwrite=overwrite
+        )
+
+    @classmethod
+    def _from_saved(cls, meta, arrays, adata=None, networks=None) -> DynamicalCausalVAE:
+        if adata is not None:
+            raise CausalZooError(
+                "A sequence-mode DynamicalCausalVAE takes no AnnData: load it without adata "
+                "and pass sequences to get_latent_representation(x=...)."
+            )
+        self = cls.__new__(cls)
+        self.config = DynamicalConfig.from_dict(meta["config"], networks=networks)
+        self.domain_names = [str(n) for n in meta["domain_names"]]
+        self.feature_names = [str(n) for n in meta["feature_names"]]
+        self.n_steps, self.n_features = int(meta["n_steps"]), len(self.feature_names)
+        self.x, self.u = None, None
+        self.params = _io.unflatten_params(arrays["params"], meta["param_paths"])
+        self.history = dict(arrays["history"])
+        self.fit_info = dict(meta.get("fit_info", {}))
+        return self
+
+    def __repr__(self) -> str:
+        c = self.config
+        state = f"fitted, {self.fit_info.get('n_steps', 0)} steps" if self.is_fitted else "not fitted"
+        return (
+            f"DynamicalCausalVAE(n_latent={c.n_latent}, n_latent_invariant="
+            f"{c.n_latent_invariant}, n_lags={c.n_lags}, transition={c.transition!r}, "
+            f"likelihood={c.likelihood_block.name!r}, domains={self.n_domains}, "
+            f"steps={self.n_steps}, features={self.n_features}; {state})"
+        )
+
+
+register_user_class(MODEL_NAME, DynamicalCausalVAE)

@@ -1,0 +1,146 @@
+"""``cz.DynamicalCausalVAE`` in sequence mode: building from arrays, a short fit through the
+SVI engine, latents, lag graph and targets, save / ``cz.load`` round trip, input errors."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import causalzoo as cz
+from causalzoo import CausalZooError
+
+N, T, G, K = 96, 5, 6, 2
+SMALL = dict(n_latent=K, n_latent_invariant=1, n_hidden=16, n_layers=1)
+
+
+def make_sequences(seed=0):
+    """Two latent AR(1) processes whose noise scale differs between two domains, through a
+    fixed random linear map plus a tanh (enough to check the plumbing, not recovery)."""
+    rng = np.random.default_rng(seed)
+    u = np.array(["ctrl", "drug"])[np.arange(N) % 2]
+    scale = np.where(u == "drug", 1.0, 0.3)[:, None]
+    z = np.zeros((N, T, K))
+    z[:, 0] = rng.normal(size=(N, K))
+    for t in range(1, T):
+        z[:, t] = 0.8 * z[:, t - 1] + scale * rng.normal(size=(N, K))
+    x = np.tanh(z @ rng.normal(size=(K, G))) + 0.05 * rng.normal(size=(N, T, G))
+    return x.astype(np.float32), u
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    x, u = make_sequences()
+    m = cz.DynamicalCausalVAE.from_arrays(x=x, u=u, **SMALL)
+    m.fit(max_steps=300, batch_size=32, learning_rate=1e-2, progress=False)
+    return m, x, u
+
+
+def test_from_arrays_vocabulary_and_repr():
+    x, u = make_sequences()
+    m = cz.DynamicalCausalVAE.from_arrays(x=x, u=u, **SMALL)
+    assert m.domain_names == ["ctrl", "drug"]
+    np.testing.assert_array_equal(m.u, (u == "drug").astype(np.int32))
+    assert (m.n_steps, m.n_features) == (T, G)
+    assert "not fitted" in repr(m) and "domains=2" in repr(m)
+    m = cz.DynamicalCausalVAE.from_arrays(x=x, u=np.arange(N) % 3, **SMALL)
+    assert m.domain_names == ["0", "1", "2"]
+    m = cz.DynamicalCausalVAE.from_arrays(x=x, **SMALL)  # a single domain
+    assert m.domain_names == ["0"] and not m.u.any()
+    m = cz.DynamicalCausalVAE.from_arrays(x=x, u=u, domain_names=["drug", "ctrl", "other"],
+                                          **SMALL)
+    np.testing.assert_array_equal(m.u, (u == "ctrl").astype(np.int32))
+
+
+def test_fit_latents_graph_targets(fitted):
+    m, x, _ = fitted
+    loss = m.history["loss"]
+    assert loss.shape == (300,) and np.all(np.isfinite(loss))
+    assert loss[-30:].mean() < 0.5 * loss[:30].mean()
+    assert m.fit_info["n_steps"] == 300 and m.fit_info["stop_reason"] == "max_steps"
+    z = m.get_latent_representation()
+    assert z.shape == (N, T, K) and np.all(np.isfinite(z))
+    assert z.std(axis=(0, 1)).min() > 0.05  # not collapsed to the prior
+    z_inv = m.get_latent_representation(block="invariant")
+    assert z_inv.shape == (N, 1)
+    # the per-step encoder embeds any number of units; a unit's latents do not depend on
+    # which other units are in the call (chunk padding is sliced off)
+    np.testing.assert_allclose(m.get_latent_representation(x=x[:7]), z[:7], atol=1e-5)
+    graph = m.lag_graph()
+    assert graph.shape == (1, K, K) and np.all((graph >= 0) & (graph <= 1))
+    targets = m.perturbation_targets()
+    assert list(targets.index) == ["ctrl", "drug"] and list(targets.columns) == ["z_0", "z_1"]
+    assert np.all((targets.values >= 0) & (targets.values <= 1))
+    # the fit moved the global factors off their initial values
+    assert not np.allclose(m.params["lag_graph_logits"], 0.0)
+    assert "fitted, 300 steps" in repr(m)
+
+
+def test_save_load_round_trip(fitted, tmp_path):
+    m, x, _ = fitted
+    path = m.save(tmp_path / "dyn")
+    meta = json.loads((path / "causalzoo.json").read_text())
+    assert meta["model"] == "dynamical" and meta["domain_names"] == ["ctrl", "drug"]
+    assert not any(p.suffix == ".pkl" for p in path.iterdir())
+    m2 = cz.load(path)
+    assert isinstance(m2, cz.DynamicalCausalVAE) and m2.config == m.config
+    np.testing.assert_allclose(m2.get_latent_representation(x=x), m.get_latent_representation(),
+                               atol=1e-6)
+    np.testing.assert_array_equal(m2.lag_graph(), m.lag_graph())
+    np.testing.assert_array_equal(m2.history["loss"], m.history["loss"])
+    with pytest.raises(CausalZooError, match="without its training data"):
+        m2.get_latent_representation()
+    with pytest.raises(CausalZooError, match="no AnnData"):
+        cz.load(path, adata=object())
+    with pytest.raises(CausalZooError, match="already exists"):
+        m.save(path)
+    with pytest.raises(CausalZooError, match="fitted on"):
+        m2.get_latent_representation(x=x[:, :3])
+
+
+def test_input_errors():
+    x, u = make_sequences()
+    with pytest.raises(CausalZooError, match="3-D"):
+        cz.DynamicalCausalVAE.from_arrays(x=x[:, 0], u=u)
+    with pytest.raises(CausalZooError, match="one label per unit"):
+        cz.DynamicalCausalVAE.from_arrays(x=x, u=u[:-1])
+    with pytest.raises(CausalZooError, match="1-D"):
+        cz.DynamicalCausalVAE.from_arrays(x=x, u=np.zeros((N, 2)))
+    with pytest.raises(CausalZooError, match="too short"):
+        cz.DynamicalCausalVAE.from_arrays(x=x[:, :2], u=u, n_lags=2)
+    with pytest.raises(CausalZooError, match="counts"):
+        cz.DynamicalCausalVAE.from_arrays(x=x, u=u, likelihood="nb")
+    with pytest.raises(CausalZooError, match="NaN"):
+        bad = x.copy()
+        bad[0, 0, 0] = np.nan
+        cz.DynamicalCausalVAE.from_arrays(x=bad, u=u)
+    with pytest.raises(CausalZooError, match="not in domain_names"):
+        cz.DynamicalCausalVAE.from_arrays(x=x, u=u, domain_names=["ctrl"])
+    with pytest.raises(CausalZooError, match="codes must lie"):
+        cz.DynamicalCausalVAE.from_arrays(x=x, u=np.arange(N) % 3, domain_names=["a", "b"])
+    m = cz.DynamicalCausalVAE.from_arrays(x=x, u=u, **SMALL)
+    with pytest.raises(CausalZooError, match="not fitted"):
+        m.lag_graph()
+    with pytest.raises(CausalZooError, match="learning rates"):
+        m.fit(max_steps=1, learning_rate=0.0)
+    with pytest.raises(CausalZooError, match="batch_size"):
+        m.fit(max_steps=1, batch_size=N + 1, progress=False)
+
+
+def test_fit_checkpoints_and_resumes_through_the_engine(tmp_path):
+    x, u = make_sequences()
+    kw = dict(batch_size=32, learning_rate=1e-2, progress=False, steps_per_call=4,
+              checkpoint_every=4)
+    full = cz.DynamicalCausalVAE.from_arrays(x=x, u=u, **SMALL).fit(max_steps=8, **kw)
+    first = cz.DynamicalCausalVAE.from_arrays(x=x, u=u, **SMALL).fit(
+        max_steps=4, checkpoint_dir=tmp_path / "ckpt", **kw)
+    resumed = cz.DynamicalCausalVAE.from_arrays(x=x, u=u, **SMALL).fit(
+        max_steps=8, checkpoint_dir=tmp_path / "ckpt", resume=True, **kw)
+    assert resumed.fit_info["n_steps"] == 8 and resumed.history["loss"].shape == (8,)
+    np.testing.assert_array_equal(resumed.history["loss"][:4], first.history["loss"])
+    np.testing.assert_array_equal(resumed.history["loss"], full.history["loss"])
+    leaves = jax.tree_util.tree_leaves_with_path(full.params)
+    for (path, a), b in zip(leaves, jax.tree_util.tree_leaves(resumed.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=str(path))

@@ -1,0 +1,305 @@
+"""The raw dynamical model and guide under NumPyro's handlers: sites and plates, the
+vectorised path log-density against a step-by-step reference, prior sampling by scan,
+condition / do / substitute / Predictive, the registry and input validation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpyro import handlers
+from numpyro.infer import Predictive
+from numpyro.infer.util import log_density
+from scipy.stats import norm
+
+import causalzoo as cz
+from causalzoo import CausalZooError
+from causalzoo.models.dynamical import (
+    DynamicalConfig,
+    LaggedTransition,
+    dynamical_guide,
+    dynamical_model,
+    global_guide,
+)
+
+K, K_INV, L, T, G, D = 3, 2, 2, 5, 4, 3
+N = 6  # one unit count throughout: eager JAX compiles every op once per shape
+CFG = DynamicalConfig(n_latent=K, n_latent_invariant=K_INV, n_lags=L, n_hidden=8, n_layers=1)
+LINEAR = DynamicalConfig(n_latent=K, n_lags=1, n_hidden=8, n_layers=1, transition="linear")
+U = jnp.arange(N) % D
+SIZES = dict(n_steps=T, n_features=G, n_domains=D)
+N_DRAWS = 3000  # units drawn in the statistical intervention tests (one shape for both)
+
+
+def seeded_trace(fn, seed=0, **kwargs):
+    return handlers.trace(handlers.seed(fn, seed)).get_trace(**kwargs)
+
+
+@pytest.fixture(scope="module")
+def prior_trace():
+    return seeded_trace(dynamical_model, u=U, config=CFG, **SIZES)
+
+
+def _frames(site):
+    return {(f.name, f.dim) for f in site["cond_indep_stack"]}
+
+
+def test_model_sites_shapes_and_plates(prior_trace):
+    tr = prior_trace
+    shapes = {k: v["value"].shape for k, v in tr.items() if v["type"] == "sample"}
+    assert shapes == {
+        "lag_graph": (K, L, K),
+        "target": (D, K),
+        "mean_shift": (D, K),
+        "log_scale_shift": (D, K),
+        "z_inv": (N, K_INV),
+        "z": (N, T, K),
+        "x": (N, T, G),
+    }
+    assert _frames(tr["z"]) == {("units", -1)}
+    assert _frames(tr["z_inv"]) == {("units", -1)}
+    assert _frames(tr["x"]) == {("units", -2), ("steps", -1)}
+    assert _frames(tr["target"]) == {("domains", -2), ("latents", -1)}
+    assert _frames(tr["lag_graph"]) == {("latents", -1)}
+    params = {k for k, v in tr.items() if v["type"] == "param"}
+    assert params == {"transition$params", "transition_weights", "decoder$params",
+                      "log_transition_scale", "log_noise_scale"}
+    assert set(np.unique(np.asarray(tr["lag_graph"]["value"]))) <= {0.0, 1.0}
+    # same seed, same draw; another seed, another
+    again = seeded_trace(dynamical_model, u=U, config=CFG, **SIZES)
+    np.testing.assert_array_equal(tr["z"]["value"], again["z"]["value"])
+    other = seeded_trace(dynamical_model, seed=1, u=U, config=CFG, **SIZES)
+    assert not np.allclose(tr["z"]["value"], other["z"]["value"])
+
+
+def test_guide_matches_model_latents(prior_trace):
+    x = prior_trace["x"]["value"]
+    gtr = seeded_trace(dynamical_guide, x=x, u=U, config=CFG, n_domains=D)
+    latent = {k for k, v in prior_trace.items() if v["type"] == "sample" and not v["is_observed"]}
+    assert {k for k, v in gtr.items() if v["type"] == "sample"} == latent - {"x"}
+    for k in latent - {"x"}:
+        assert gtr[k]["value"].shape == prior_trace[k]["value"].shape, k
+        assert _frames(gtr[k]) == _frames(prior_trace[k]), k
+    params = {k for k, v in gtr.items() if v["type"] == "param"}
+    assert {"encoder$params", "encoder_invariant$params", "lag_graph_logits",
+            "target_logits", "mean_shift_loc", "log_scale_shift_loc"} <= params
+    ggtr = seeded_trace(global_guide, n_domains=D, config=CFG)
+    assert {k for k, v in ggtr.items() if v["type"] == "sample"} == {
+        "lag_graph", "target", "mean_shift", "log_scale_shift"}
+
+
+def test_minibatch_scaling():
+    tr = seeded_trace(dynamical_model, u=U, config=LINEAR, n_units=4 * N, **SIZES)
+    for name in ("z", "x"):
+        assert tr[name]["scale"] == pytest.approx(4.0)
+    assert tr["target"]["scale"] in (None, 1.0)
+    # fit_svi passes the total as n_cells
+    tr = seeded_trace(dynamical_model, u=U, config=LINEAR, n_cells=2 * N, **SIZES)
+    assert tr["z"]["scale"] == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------- the path distribution
+
+
+def _reference_log_prob(z, coef, shift, scale, initial_scale, lags):
+    """Step by step: N(shift, initial_scale) for t < L, then
+    N(sum_l coef[l] * z_{t-l-1} + shift, scale)."""
+    total = norm.logpdf(z[..., :lags, :], shift[..., None, :],
+                        initial_scale[..., None, :]).sum((-2, -1))
+    for t in range(lags, z.shape[-2]):
+        loc = sum(coef[l] * z[..., t - l - 1, :] for l in range(lags)) + shift
+        total = total + norm.logpdf(z[..., t, :], loc, scale).sum(-1)
+    return total
+
+
+def test_lagged_transition_log_prob_matches_loop():
+    rng = np.random.default_rng(0)
+    coef = np.array([0.7, -0.2])
+    shift = rng.normal(size=(4, K))
+    scale = rng.uniform(0.5, 1.5, size=(4, K))
+    initial_scale = rng.uniform(0.5, 1.5, size=(4, K))
+
+    def mean_fn(window):  # window (..., L, k), lag 1 first
+        return jnp.einsum("...lk,l->...k", window, jnp.asarray(coef, jnp.float32))
+
+    d = LaggedTransition(mean_fn, jnp.asarray(shift), jnp.asarray(scale),
+                         jnp.asarray(initial_scale), n_steps=7, n_lags=2)
+    assert d.batch_shape == (4,) and d.event_shape == (7, K)
+    z = rng.normal(size=(4, 7, K))
+    np.testing.assert_allclose(
+        np.asarray(d.log_prob(jnp.asarray(z, jnp.float32))),
+        _reference_log_prob(z, coef, shift, scale, initial_scale, 2), rtol=1e-5,
+    )
+    # the default of the model: the domain shift leaves the initial history alone
+    d0 = LaggedTransition(mean_fn, jnp.asarray(shift), jnp.asarray(scale),
+                          jnp.asarray(initial_scale), initial_shift=False, n_steps=7, n_lags=2)
+    history = (norm.logpdf(z[..., :2, :], 0.0, initial_scale[..., None, :])
+               - norm.logpdf(z[..., :2, :], shift[..., None, :], initial_scale[..., None, :]))
+    np.testing.assert_allclose(
+        np.asarray(d0.log_prob(jnp.asarray(z, jnp.float32))),
+        _reference_log_prob(z, coef, shift, scale, initial_scale, 2) + history.sum((-2, -1)),
+        rtol=1e-5,
+    )
+    with pytest.raises(CausalZooError, match="too short"):
+        LaggedTransition(mean_fn, jnp.zeros((1, K)), jnp.ones((1, K)), n_steps=2, n_lags=2)
+
+
+def test_lagged_transition_samples_follow_the_recursion():
+    # AR(1) with coefficient 0.8 and shift 1: regressing z_t on z_{t-1} recovers both.
+    d = LaggedTransition(lambda w: 0.8 * w[..., 0, :], jnp.ones((500, 2)),
+                         jnp.full((500, 2), 0.5), n_steps=6, n_lags=1)
+    z = np.asarray(d.sample(jax.random.key(0), (4,)))
+    assert z.shape == (4, 500, 6, 2)
+    prev, nxt = z[..., 1:-1, :].ravel(), z[..., 2:, :].ravel()
+    slope, intercept = np.polyfit(prev, nxt, 1)
+    assert slope == pytest.approx(0.8, abs=0.03)
+    assert intercept == pytest.approx(1.0, abs=0.06)
+    resid = nxt - (slope * prev + intercept)
+    assert resid.std() == pytest.approx(0.5, rel=0.05)
+    # initial steps: N(shift, initial_scale) = N(1, 1)
+    assert abs(z[..., 0, :].mean() - 1.0) < 0.05
+    assert z[..., 0, :].std() == pytest.approx(1, rel=0.05)
+
+
+# ---------------------------------------------------------------- condition / do / substitute
+
+
+def _linear_z(model, u, seed=0):
+    tr = seeded_trace(model, seed=seed, u=u, config=LINEAR, **SIZES)
+    return np.asarray(tr["z"]["value"])
+
+
+def _linear_base():
+    weights = jnp.full((K, 1, K), 0.0).at[jnp.arange(K), 0, jnp.arange(K)].set(0.9)
+    return handlers.substitute(
+        handlers.condition(dynamical_model, {"mean_shift": jnp.full((D, K), 4.0),
+                                             "log_scale_shift": jnp.zeros((D, K))}),
+        {"transition_weights": weights, "log_transition_scale": jnp.full(K, -1.0)},
+    )
+
+
+def test_do_lag_graph_cuts_the_dynamics():
+    n = N_DRAWS
+    u = jnp.zeros(n, jnp.int32)
+    base = handlers.do(_linear_base(), {"target": jnp.zeros((D, K))})
+    on = _linear_z(handlers.do(base, {"lag_graph": jnp.ones((K, 1, K))}), u)
+    off = _linear_z(handlers.do(base, {"lag_graph": jnp.zeros((K, 1, K))}), u)
+    lag1 = lambda z: np.corrcoef(z[:, 1:, 0].ravel(), z[:, :-1, 0].ravel())[0, 1]  # noqa: E731
+    assert lag1(on) > 0.5          # z_t = 0.9 z_{t-1} + 0.37 eps
+    assert abs(lag1(off)) < 0.05   # no parents: z_t is fresh noise
+    # the diagonal graph only: variable 1 does not follow variable 0
+    diag = _linear_z(handlers.do(base, {"lag_graph": jnp.eye(K)[:, None, :]}), u)
+    cross = np.corrcoef(diag[:, 1:, 1].ravel(), diag[:, :-1, 0].ravel())[0, 1]
+    assert abs(cross) < 0.05
+
+
+def test_do_target_switches_domain_shifts():
+    n = N_DRAWS
+    u0, u1 = jnp.zeros(n, jnp.int32), jnp.ones(n, jnp.int32)
+    base = handlers.do(_linear_base(), {"lag_graph": jnp.zeros((K, 1, K))})
+    none = handlers.do(base, {"target": jnp.zeros((D, K))})
+    # no targets: the domain label changes nothing (same seed, same noise)
+    np.testing.assert_allclose(_linear_z(none, u0), _linear_z(none, u1), atol=1e-6)
+    # domain 1 targets variable 2 only: its mean moves by the shift (4), the others do not
+    only = jnp.zeros((D, K)).at[1, 2].set(1.0)
+    z1 = _linear_z(handlers.do(base, {"target": only}), u1)
+    z0 = _linear_z(handlers.do(base, {"target": only}), u0)
+    moved, still = z1[:, 1:, :].mean((0, 1)), z0[:, 1:, :].mean((0, 1))
+    assert moved[2] - still[2] == pytest.approx(4.0, abs=0.1)
+    np.testing.assert_allclose(moved[:2] - still[:2], 0.0, atol=0.1)
+    # the initial history is N(0, I) in every domain (modulate_history=False)
+    np.testing.assert_allclose(z1[:, 0, :].mean(0), 0.0, atol=0.1)
+
+
+def test_condition_z_scores_the_path(prior_trace):
+    z = jnp.asarray(np.random.default_rng(2).normal(size=(N, T, K)), jnp.float32)
+    model = handlers.condition(dynamical_model, {"z": z})
+    tr = seeded_trace(model, u=U, config=CFG, **SIZES)
+    np.testing.assert_array_equal(tr["z"]["value"], z)
+    assert tr["z"]["is_observed"]
+    # the decoder sees the conditioned path: x's location is a function of [z_inv, z]
+    x = tr["x"]["value"]
+    assert x.shape == (N, T, G)
+    # the joint log-density is finite and its z-term is the path log-density
+    params = {k: v["value"] for k, v in tr.items() if v["type"] == "param"}
+    values = {k: v["value"] for k, v in tr.items() if v["type"] == "sample"}
+    lp, mtr = log_density(dynamical_model, (), dict(u=U, x=x, config=CFG, n_domains=D),
+                          {**params, **values})
+    assert np.isfinite(float(lp))
+    np.testing.assert_allclose(
+        float(mtr["z"]["fn"].log_prob(z).sum()), float(tr["z"]["fn"].log_prob(z).sum()),
+        rtol=1e-5,
+    )
+
+
+# ---------------------------------------------------------------- Predictive / counts
+
+
+def test_prior_predictive_and_counts():
+    pred = jax.jit(lambda key: Predictive(dynamical_model, num_samples=2)(
+        key, u=U, config=LINEAR, **SIZES
+    ))(jax.random.key(0))
+    assert pred["z"].shape == (2, N, T, K) and pred["x"].shape == (2, N, T, G)
+    assert pred["lag_graph"].shape == (2, K, 1, K)
+    assert not np.allclose(pred["z"][0], pred["z"][1])
+    nb = DynamicalConfig(n_latent=K, n_hidden=8, n_layers=1, likelihood="nb",
+                         transition="linear")
+    tr = seeded_trace(dynamical_model, u=U, config=nb, library_size=jnp.full((N, T), 50.0),
+                      **SIZES)
+    counts = np.asarray(tr["x"]["value"])
+    assert counts.shape == (N, T, G) and np.all(counts >= 0)
+    np.testing.assert_array_equal(counts, np.round(counts))
+
+
+# ---------------------------------------------------------------- registry / validation
+
+
+def test_registered_spec():
+    spec = cz.models.get_model("dynamical")
+    assert spec.model is dynamical_model and spec.guide is dynamical_guide
+    assert spec.config_class is DynamicalConfig
+    assert {"units", "steps", "latents"} <= set(spec.plates)
+    assert spec.load_user_class() is cz.DynamicalCausalVAE
+    assert spec.load_generator() is cz.identifiability.generators.leap_nonstationary
+    assert "component-wise" in spec.identifiability
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(n_latent=0), "n_latent"),
+        (dict(n_lags=1.5), "n_lags"),
+        (dict(n_latent_invariant=-1), "n_latent_invariant"),
+        (dict(edge_probability=1.0), "edge_probability"),
+        (dict(shift_scale=0.0), "shift_scale"),
+        (dict(transition="flow"), "transition"),
+        (dict(likelihood="bernoulli"), "likelihood"),
+        (dict(networks={"dekoder": None}), "dekoder"),
+    ],
+)
+def test_config_validation(kwargs, match):
+    with pytest.raises(CausalZooError, match=match):
+        DynamicalConfig(**kwargs)
+
+
+def test_config_round_trip():
+    assert DynamicalConfig.from_dict(CFG.to_dict()) == CFG
+    with pytest.raises(CausalZooError, match="unknown fields"):
+        DynamicalConfig.from_dict({**CFG.to_dict(), "bogus": 1})
+
+
+def test_input_errors():
+    x = jnp.zeros((N, T, G))
+    with pytest.raises(CausalZooError, match="`u`"):
+        seeded_trace(dynamical_model, x=x, config=LINEAR, n_domains=D)
+    with pytest.raises(CausalZooError, match="3-D"):
+        seeded_trace(dynamical_model, x=x[:, 0], u=U, config=LINEAR, n_domains=D)
+    with pytest.raises(CausalZooError, match="n_steps"):
+        seeded_trace(dynamical_model, u=U, config=LINEAR, n_domains=D)
+    with pytest.raises(CausalZooError, match="n_domains"):
+        seeded_trace(dynamical_model, x=x, u=U, config=LINEAR)
+    with pytest.raises(CausalZooError, match="units"):
+        seeded_trace(dynamical_model, x=x, u=U[:-1], config=LINEAR, n_domains=D)
+    with pytest.raises(CausalZooError, match="observed"):
+        seeded_trace(dynamical_guide, u=U, config=LINEAR, n_domains=D)
