@@ -25,6 +25,10 @@ __all__ = [
     "mse",
     "top_de_genes",
     "direction_errors",
+    "nrmse",
+    "r2_means",
+    "r2_delta_weighted",
+    "de_ranking",
     "score_condition",
 ]
 
@@ -168,6 +172,171 @@ def direction_errors(
     """
     p, o, c = _vectors(genes, pred_mean=pred_mean, obs_mean=obs_mean, ctrl_mean=ctrl_mean)
     return float(np.mean(np.sign(p - c) != np.sign(o - c)))
+
+
+def nrmse(pred_mean: object, obs_mean: object, genes: object | None = None) -> float:
+    """Normalised root mean squared error of mean profiles (Discrepancy-VAE's definition).
+
+    ``sqrt(mean((pred - obs)^2) / mean(obs^2))``: 0 is perfect, 1 is as far off as
+    predicting zeros.
+
+    Examples
+    --------
+    >>> nrmse([2.0, 1.0], [2.0, 0.0])  # sqrt((0 + 1) / 2 / ((4 + 0) / 2))
+    0.5
+    >>> nrmse([0.0, 0.0], [2.0, 0.0])
+    1.0
+    """
+    p, o = _vectors(genes, pred_mean=pred_mean, obs_mean=obs_mean)
+    denom = float(np.mean(o * o))
+    return float(np.sqrt(np.mean((p - o) ** 2) / denom)) if denom > 0 else float("nan")
+
+
+def r2_means(pred_mean: object, obs_mean: object, genes: object | None = None) -> float:
+    """Coefficient of determination of the observed mean profile by the predicted one.
+
+    ``1 - sum((obs - pred)^2) / sum((obs - mean(obs))^2)`` over genes, not clipped. It is
+    close to 1 for any prediction near control, because genes differ far more in their
+    baseline level than in their response: read it next to the change-based metrics.
+
+    Examples
+    --------
+    >>> r2_means([1.0, 2.0, 4.0], [1.0, 3.0, 5.0])
+    0.75
+    """
+    p, o = _vectors(genes, pred_mean=pred_mean, obs_mean=obs_mean)
+    denom = float(np.sum((o - o.mean()) ** 2))
+    return float(1.0 - np.sum((o - p) ** 2) / denom) if denom > 0 else float("nan")
+
+
+def r2_delta_weighted(
+    pred_mean: object, obs_mean: object, reference_mean: object, weights: object
+) -> float:
+    """DE-weighted R² of the change from a reference that does not reward predicting the mean.
+
+    ``1 - sum_g w_g (pred_g - obs_g)^2 / sum_g w_g (obs_g - ref_g)^2``. With the mean of the
+    perturbed *training* conditions as ``reference_mean`` (what :func:`evaluate` passes), a
+    method that predicts that average for every condition (the train-mean baseline, or a
+    model that collapses to the average perturbation) scores exactly 0, and only a
+    condition-specific change scores above 0. Control-referenced deltas instead credit the
+    shared control-vs-perturbed shift (the mode-collapse critique of Pearson-delta). The
+    weights are the genes' absolute DE scores against control (:func:`de_ranking`), so genes
+    that respond dominate.
+
+    Parameters
+    ----------
+    pred_mean, obs_mean, reference_mean : array_like, shape (n_genes,)
+    weights : array_like, shape (n_genes,)
+        Non-negative gene weights, not all zero.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> r2_delta_weighted([1.0, 0.0], [2.0, 0.0], [0.0, 0.0], [1.0, 1.0])
+    0.75
+    >>> r2_delta_weighted([0.0, 0.0], [2.0, 1.0], [0.0, 0.0], [1.0, 0.0])
+    0.0
+    """
+    p, o, r, w = _vectors(None, pred_mean=pred_mean, obs_mean=obs_mean,
+                          reference_mean=reference_mean, weights=weights)
+    if np.any(w < 0) or not np.any(w > 0):
+        raise CausalZooError(
+            "weights must be non-negative and not all zero (e.g. absolute DE scores)."
+        )
+    denom = float(np.sum(w * (o - r) ** 2))
+    return float(1.0 - np.sum(w * (p - o) ** 2) / denom) if denom > 0 else float("nan")
+
+
+def de_ranking(
+    lognorm_adata: anndata.AnnData,
+    groupby: str,
+    groups: list[str],
+    reference: str,
+    layer: str | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Rank every gene of several groups against one reference with scanpy (Wilcoxon).
+
+    One ``scanpy.tl.rank_genes_groups(..., groups=groups, reference=reference,
+    method="wilcoxon", rankby_abs=True)`` call on a new AnnData of those cells (the input is
+    not modified); each group is compared with the reference alone, as with
+    :func:`top_de_genes`.
+
+    Returns
+    -------
+    dict
+        Group -> ``(order, abs_scores)``: gene positions most significant first, and the
+        absolute Wilcoxon score of every gene in ``var_names`` order.
+
+    Examples
+    --------
+    >>> import anndata as ad, pandas as pd
+    >>> x = np.random.default_rng(0).gamma(2.0, size=(40, 5)); x[20:, 3] += 3
+    >>> obs = pd.DataFrame({"p": ["ctrl"] * 20 + ["A"] * 20}, index=[str(i) for i in range(40)])
+    >>> int(de_ranking(ad.AnnData(x, obs=obs), "p", ["A"], "ctrl")["A"][0][0])
+    3
+    """
+    import anndata as ad
+    import pandas as pd
+    import scanpy as sc
+
+    groups = [str(g) for g in groups]
+    x, labels = _check_de_input(lognorm_adata, groupby, [*groups, reference], layer)
+    if reference in groups:
+        raise CausalZooError(f"reference {reference!r} is also listed in groups; drop it.")
+    rows = np.flatnonzero(labels.isin([*groups, reference]).to_numpy())
+    obs = pd.DataFrame(
+        {groupby: pd.Categorical(labels.to_numpy()[rows], categories=[reference, *groups])},
+        index=pd.Index(lognorm_adata.obs_names[rows].astype(str)),
+    )
+    x_rows = x[rows]
+    adata = ad.AnnData(X=x_rows.copy() if not sp.issparse(x_rows) else x_rows, obs=obs)
+    adata.var_names = lognorm_adata.var_names.astype(str)
+    sc.tl.rank_genes_groups(
+        adata, groupby, groups=groups, reference=reference, method="wilcoxon",
+        rankby_abs=True, use_raw=False, n_genes=adata.n_vars, key_added="causalzoo_de",
+    )
+    result = adata.uns["causalzoo_de"]
+    out = {}
+    for g in groups:
+        names = np.asarray(result["names"][g]).astype(str)
+        scores = np.abs(np.asarray(result["scores"][g], dtype=np.float64))
+        order = lognorm_adata.var_names.get_indexer(names).astype(np.int64)
+        abs_scores = np.zeros(adata.n_vars)
+        abs_scores[order] = scores
+        out[g] = (order, abs_scores)
+    return out
+
+
+def _check_de_input(lognorm_adata, groupby, needed, layer):
+    if groupby not in lognorm_adata.obs.columns:
+        raise CausalZooError(
+            f"groupby={groupby!r} is not an obs column; available: "
+            f"{list(lognorm_adata.obs.columns)}."
+        )
+    if layer is not None and layer not in lognorm_adata.layers:
+        raise CausalZooError(
+            f"layer={layer!r} is not in adata.layers ({list(lognorm_adata.layers)}); "
+            "use layer=None for X."
+        )
+    labels = lognorm_adata.obs[groupby].astype(str)
+    present = set(labels)
+    for value in needed:
+        if value not in present:
+            raise CausalZooError(
+                f"group {value!r} has no cells in obs[{groupby!r}]; available: "
+                f"{sorted(present)[:20]}."
+            )
+    x = lognorm_adata.layers[layer] if layer is not None else lognorm_adata.X
+    data = x.data if sp.issparse(x) else np.asarray(x)
+    if data.size and float(data.min()) < 0:
+        raise CausalZooError(
+            "the expression matrix has negative values; DE ranking expects log-normalised "
+            "(non-negative) data, e.g. from log_normalize, not scaled or centred data."
+        )
+    return x, labels
 
 
 def top_de_genes(
