@@ -2,12 +2,23 @@
 
 Every zoo model is a plain NumPyro ``model``/``guide`` pair (``cz.models.get_model(name)``)
 that works under ``seed``, ``trace``, ``condition``, ``do`` and ``Predictive``; the user
-classes (``cz.SparsePerturbationVAE``) fit them to AnnData.
+classes (``cz.SparsePerturbationVAE``, ``cz.IVAE``, ``cz.DynamicalCausalVAE``) fit them to
+AnnData or arrays.
 """
 
-from . import blocks, data, datasets, evaluation, identifiability, inference, models
+from . import (
+    blocks,
+    data,
+    datasets,
+    diagnostics,
+    evaluation,
+    identifiability,
+    inference,
+    models,
+)
 from ._errors import CausalZooError
-from .api import SparsePerturbationVAE, load
+from .api import IVAE, DynamicalCausalVAE, SparsePerturbationVAE, load
+from .evaluation import evaluate
 
 try:
     from importlib.metadata import version as _version
@@ -18,11 +29,15 @@ except Exception:  # pragma: no cover - running from a source tree without metad
 
 __all__ = [
     "CausalZooError",
+    "DynamicalCausalVAE",
+    "IVAE",
     "SparsePerturbationVAE",
     "load",
+    "evaluate",
     "blocks",
     "data",
     "datasets",
+    "diagnostics",
     "evaluation",
     "identifiability",
     "inference",

@@ -26,6 +26,15 @@ def _models(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    from .diagnostics import write_report
+
+    page = write_report(args.fit_dir, args.out, adata=args.data, num_samples=args.samples,
+                        seed=args.seed)
+    print(f"wrote {page}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import DEFAULT_STEPS
 
@@ -46,6 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)
+    from .evaluation.command import add_arguments as _evaluate_arguments
+    from .evaluation.command import run as _evaluate
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="fit on a frozen protocol split, predict the held-out conditions, score the "
+        "model and the baselines, write a report folder",
+    )
+    _evaluate_arguments(evaluate)
+    evaluate.set_defaults(func=_evaluate)
+    report = sub.add_parser(
+        "report",
+        help="plots and a Markdown summary of a saved fit (ELBO, masks, latent graph; with "
+        "--data: PPC, Pareto-k, ArviZ summary, latents against the ground truth)",
+    )
+    report.add_argument("fit_dir", help="a directory written by model.save(...)")
+    report.add_argument("--data", default=None, help="cells (.h5ad) to check the posterior on")
+    report.add_argument("--out", default=None, help="output folder (default: FIT_DIR/report)")
+    report.add_argument("--samples", type=int, default=100,
+                        help="variational draws (default: %(default)s)")
+    report.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    report.set_defaults(func=_report)
     models = sub.add_parser("models", help="list the zoo")
     models.set_defaults(func=_models)
     return parser

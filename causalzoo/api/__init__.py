@@ -6,6 +6,8 @@ them from a saved directory.
 """
 
 from ._common import load, register_user_class
+from .dynamical import DynamicalCausalVAE
+from .ivae import IVAE
 from .sparse_perturbation import SparsePerturbationVAE
 
-__all__ = ["SparsePerturbationVAE", "load", "register_user_class"]
+__all__ = ["DynamicalCausalVAE", "IVAE", "SparsePerturbationVAE", "load", "register_user_class"]

@@ -121,7 +121,7 @@ class SparsePerturbationVAE:
             perturbation_key=perturbation_key,
             control=control,
             layer=layer,
-            covariate_keys=tuple(covariate_keys),
+            covariate_keys=covariate_keys,
             count_data=count_data,
         )
 
@@ -148,6 +148,11 @@ class SparsePerturbationVAE:
         u = np.asarray(u)
         if x.ndim != 2:
             raise CausalZooError(f"x must be 2-D (cells, genes); got shape {x.shape}.")
+        if not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+            raise CausalZooError(
+                f"x must hold numbers (integer or float counts); got dtype {x.dtype}. Convert "
+                "it first, e.g. x.astype(np.float32), after checking that it holds no text."
+            )
         if u.ndim == 2:
             if u.shape[0] != x.shape[0]:
                 raise CausalZooError(
@@ -212,6 +217,10 @@ class SparsePerturbationVAE:
         early_stopping: EarlyStopping | bool = True,
         progress: bool = True,
         steps_per_call: int | None = None,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+        checkpoint_every: int = 1000,
+        on_nonfinite: str = "stop",
     ) -> SparsePerturbationVAE:
         """Fit by SVI on minibatches of ``batch_size`` cells (default ``min(256, n_cells)``).
 
@@ -223,6 +232,14 @@ class SparsePerturbationVAE:
         Continues from the current parameters when called again. Returns ``self``; the loss
         history is in ``self.history["loss"]`` (negative ELBO per step, plus the alignment
         term when ``alignment > 0``).
+
+        With ``checkpoint_dir`` the fit writes a checkpoint every ``checkpoint_every`` steps,
+        at the end and on Ctrl-C (which returns the model as it stands); ``resume=True``
+        continues the checkpointed fit, on a new model object too, to the same parameters as
+        an uninterrupted fit with the same data and arguments. ``on_nonfinite="backoff"``
+        halves the learning rate instead of stopping when the loss becomes non-finite; the
+        diagnosis of a non-finite stop is in ``self.fit_info["diagnosis"]``. See
+        :func:`causalzoo.inference.fit_svi` and the reliability guide.
         """
         arrays = self._arrays()
         n_cells = arrays["x"].shape[0]
@@ -232,12 +249,23 @@ class SparsePerturbationVAE:
         if self.config.alignment > 0:
             data["context"], _ = _context_ids(arrays["covariate_codes"])
             batch_fn = self._alignment_batch_fn(arrays["is_control"], data["context"])
-        if not learning_rate > 0 or (global_learning_rate is not None and not global_learning_rate > 0):
+
+        def bad_rate(rate):
+            number = isinstance(rate, (int, float, np.integer, np.floating))
+            return isinstance(rate, bool) or not number or not 0 < rate < np.inf
+
+        if bad_rate(learning_rate) or (
+            global_learning_rate is not None and bad_rate(global_learning_rate)
+        ):
             raise CausalZooError(
-                f"learning rates must be > 0; got learning_rate={learning_rate!r}, "
-                f"global_learning_rate={global_learning_rate!r}."
+                f"learning rates must be finite numbers > 0 (e.g. 1e-3); got learning_rate="
+                f"{learning_rate!r}, global_learning_rate={global_learning_rate!r}."
             )
         global_learning_rate = global_learning_rate or 10 * learning_rate
+        try:
+            config_record = self.config.to_dict()
+        except CausalZooError:  # custom networks: a resume checks them by parameter shapes
+            config_record = None
         result: FitResult = fit_svi(
             sparse_perturbation_model,
             sparse_perturbation_guide,
@@ -254,12 +282,27 @@ class SparsePerturbationVAE:
             progress=progress,
             init_params=self.params,
             description="SparsePerturbationVAE",
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            on_nonfinite=on_nonfinite,
+            checkpoint_meta={
+                "model": MODEL_NAME,
+                "config": config_record,
+                "learning_rate": float(learning_rate),
+                "global_learning_rate": float(global_learning_rate),
+            },
         )
         previous = self.history.get("loss", np.zeros(0, np.float32))
+        earlier_steps = int(self.fit_info.get("n_steps", 0))
+        if result.resumed_from:
+            # A resumed result carries the checkpointed fit's whole history.
+            previous, earlier_steps = np.zeros(0, np.float32), 0
         self.history = {"loss": np.concatenate([previous, result.losses])}
         self.fit_info = {
-            "n_steps": int(self.fit_info.get("n_steps", 0)) + result.n_steps,
+            "n_steps": earlier_steps + result.n_steps,
             "stop_reason": result.stop_reason,
+            "diagnosis": result.diagnosis,
             "batch_size": int(batch_size),
             "seed": int(seed),
             "learning_rate": float(learning_rate),
@@ -568,6 +611,16 @@ class SparsePerturbationVAE:
             padded(covariates),
         )
         return np.asarray(x)[:n], np.asarray(z_resp)[:n]
+
+    # ------------------------------------------------------------------ posterior analysis
+    def to_datatree(self, adata=None, **kwargs):
+        """The posterior as an ArviZ 1.x ``xarray.DataTree`` (variational draws as
+        ``(chain=1, draw=S)``); see :func:`causalzoo.diagnostics.to_datatree` for the
+        groups and the keyword arguments (``num_samples``, ``seed``, ``chunk_size``,
+        ``log_likelihood``, …). ``adata``: other cells set up like the training data."""
+        from ..diagnostics import to_datatree
+
+        return to_datatree(self, adata, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
