@@ -9,7 +9,7 @@
 # Environment knobs:
 #   PYTHON=/path/to/python3.12        interpreter to build .venv with
 #   CAUSALZOO_SERIAL_TESTS=1          run pytest without pytest-xdist (-n 2)
-#   CAUSALZOO_HYPOTHESIS_PROFILE=...  hypothesis profile for the tests (default: fast)
+#   CAUSALZOO_HYPOTHESIS_PROFILE=...  hypothesis profile for the tests (default: ci)
 #   CAUSALZOO_DATA=/path              folder of the shared data sets (default: ../shared/data)
 set -euo pipefail
 
@@ -155,7 +155,7 @@ case "$cmd" in
         exec "$venv/bin/causalzoo" demo "$@"
         ;;
     test)
-        export CAUSALZOO_HYPOTHESIS_PROFILE="${CAUSALZOO_HYPOTHESIS_PROFILE:-fast}"
+        export CAUSALZOO_HYPOTHESIS_PROFILE="${CAUSALZOO_HYPOTHESIS_PROFILE:-ci}"
         xdist=(-n 2 --dist loadfile)
         if [[ "${CAUSALZOO_SERIAL_TESTS:-0}" == "1" ]]; then
             xdist=()
