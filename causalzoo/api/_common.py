@@ -6,10 +6,12 @@ import importlib.metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import _io
 from .._errors import CausalZooError
 
-__all__ = ["load", "package_version", "register_user_class"]
+__all__ = ["load", "package_version", "record_fit", "register_user_class"]
 
 _CLASSES: dict[str, Any] = {}
 _GROUPS = ("params", "reference", "history")
@@ -21,6 +23,30 @@ def package_version() -> str:
         return importlib.metadata.version("causalzoo")
     except importlib.metadata.PackageNotFoundError:  # pragma: no cover - source checkout
         return "unknown"
+
+
+def record_fit(model: Any, result: Any, **settings: Any) -> None:
+    """Store a :class:`~causalzoo.inference.FitResult` on a user class after ``fit``.
+
+    Sets ``model.params``, appends the losses to ``model.history["loss"]`` (a resumed result
+    already carries the checkpointed fit's whole history, so it replaces it) and writes
+    ``model.fit_info``: steps so far, stop reason, diagnosis, timings, plus ``settings``
+    (batch size, seed, learning rates, ...).
+    """
+    previous = model.history.get("loss", np.zeros(0, np.float32))
+    earlier_steps = int(model.fit_info.get("n_steps", 0))
+    if result.resumed_from:
+        previous, earlier_steps = np.zeros(0, np.float32), 0
+    model.history = {"loss": np.concatenate([previous, result.losses])}
+    model.fit_info = {
+        "n_steps": earlier_steps + result.n_steps,
+        "stop_reason": result.stop_reason,
+        "diagnosis": result.diagnosis,
+        **settings,
+        "compile_seconds": result.compile_seconds,
+        "run_seconds": result.run_seconds,
+    }
+    model.params = result.params
 
 
 def register_user_class(model_name: str, cls: Any) -> None:

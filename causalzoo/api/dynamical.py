@@ -26,7 +26,7 @@ from .._errors import CausalZooError
 from ..inference import AlignedELBO, EarlyStopping, FitResult, fit_svi, two_speed_adam
 from ..models.dynamical import DynamicalConfig, dynamical_guide, dynamical_model
 from ._common import package_version as _version
-from ._common import register_user_class
+from ._common import record_fit, register_user_class
 
 __all__ = ["DynamicalCausalVAE"]
 
@@ -253,24 +253,14 @@ class DynamicalCausalVAE:
                 "global_learning_rate": float(global_learning_rate),
             },
         )
-        previous = self.history.get("loss", np.zeros(0, np.float32))
-        earlier_steps = int(self.fit_info.get("n_steps", 0))
-        if result.resumed_from:
-            # A resumed result carries the checkpointed fit's whole history.
-            previous, earlier_steps = np.zeros(0, np.float32), 0
-        self.history = {"loss": np.concatenate([previous, result.losses])}
-        self.fit_info = {
-            "n_steps": earlier_steps + result.n_steps,
-            "diagnosis": result.diagnosis,
-            "stop_reason": result.stop_reason,
-            "batch_size": int(batch_size),
-            "seed": int(seed),
-            "learning_rate": float(learning_rate),
-            "global_learning_rate": float(global_learning_rate),
-            "compile_seconds": result.compile_seconds,
-            "run_seconds": result.run_seconds,
-        }
-        self.params = result.params
+        record_fit(
+            self,
+            result,
+            batch_size=int(batch_size),
+            seed=int(seed),
+            learning_rate=float(learning_rate),
+            global_learning_rate=float(global_learning_rate),
+        )
         return self
 
     train = fit

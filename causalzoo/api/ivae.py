@@ -27,7 +27,7 @@ from ..data.anndata import get_counts
 from ..inference import EarlyStopping, FitResult, fit_svi
 from ..models.ivae import IVAEConfig, ivae_encode, ivae_guide, ivae_model
 from ._common import package_version as _version
-from ._common import register_user_class
+from ._common import record_fit, register_user_class
 
 __all__ = ["IVAE", "IVAERegistry"]
 
@@ -357,6 +357,10 @@ class IVAE:
         early_stopping: EarlyStopping | bool = False,
         progress: bool = True,
         steps_per_call: int | None = None,
+        checkpoint_dir: str | Path | None = None,
+        resume: bool = False,
+        checkpoint_every: int = 1000,
+        on_nonfinite: str = "stop",
     ) -> IVAE:
         """Fit by SVI (mean-field ELBO, analytic KL) on minibatches.
 
@@ -380,6 +384,9 @@ class IVAE:
             Show a progress bar.
         steps_per_call : int, optional
             SVI steps per compiled call (see :func:`causalzoo.inference.fit_svi`).
+        checkpoint_dir, resume, checkpoint_every, on_nonfinite
+            Periodic atomic checkpoints, exact resume, Ctrl-C checkpoint and the non-finite
+            policy of :func:`causalzoo.inference.fit_svi` (see the reliability guide).
 
         Returns
         -------
@@ -416,20 +423,24 @@ class IVAE:
             progress=progress,
             init_params=self.params,
             description="IVAE",
+            checkpoint_dir=checkpoint_dir,
+            checkpoint_every=checkpoint_every,
+            resume=resume,
+            on_nonfinite=on_nonfinite,
+            checkpoint_meta={
+                "model": MODEL_NAME,
+                "learning_rate": float(learning_rate),
+                "schedule": schedule,
+            },
         )
-        previous = self.history.get("loss", np.zeros(0, np.float32))
-        self.history = {"loss": np.concatenate([previous, result.losses])}
-        self.fit_info = {
-            "n_steps": int(self.fit_info.get("n_steps", 0)) + result.n_steps,
-            "stop_reason": result.stop_reason,
-            "batch_size": int(batch_size),
-            "seed": int(seed),
-            "learning_rate": float(learning_rate),
-            "schedule": schedule,
-            "compile_seconds": result.compile_seconds,
-            "run_seconds": result.run_seconds,
-        }
-        self.params = result.params
+        record_fit(
+            self,
+            result,
+            batch_size=int(batch_size),
+            seed=int(seed),
+            learning_rate=float(learning_rate),
+            schedule=schedule,
+        )
         return self
 
     train = fit

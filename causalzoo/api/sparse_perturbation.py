@@ -42,7 +42,7 @@ from ..models.sparse_perturbation import (
     sparse_perturbation_model,
 )
 from ._common import package_version as _version
-from ._common import register_user_class
+from ._common import record_fit, register_user_class
 
 __all__ = ["SparsePerturbationVAE"]
 
@@ -293,24 +293,14 @@ class SparsePerturbationVAE:
                 "global_learning_rate": float(global_learning_rate),
             },
         )
-        previous = self.history.get("loss", np.zeros(0, np.float32))
-        earlier_steps = int(self.fit_info.get("n_steps", 0))
-        if result.resumed_from:
-            # A resumed result carries the checkpointed fit's whole history.
-            previous, earlier_steps = np.zeros(0, np.float32), 0
-        self.history = {"loss": np.concatenate([previous, result.losses])}
-        self.fit_info = {
-            "n_steps": earlier_steps + result.n_steps,
-            "stop_reason": result.stop_reason,
-            "diagnosis": result.diagnosis,
-            "batch_size": int(batch_size),
-            "seed": int(seed),
-            "learning_rate": float(learning_rate),
-            "global_learning_rate": float(global_learning_rate),
-            "compile_seconds": result.compile_seconds,
-            "run_seconds": result.run_seconds,
-        }
-        self.params = result.params
+        record_fit(
+            self,
+            result,
+            batch_size=int(batch_size),
+            seed=int(seed),
+            learning_rate=float(learning_rate),
+            global_learning_rate=float(global_learning_rate),
+        )
         self.reference = self._reference_cells(arrays)
         return self
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import anndata
+import jax
 import numpy as np
 import pandas as pd
 import pytest
@@ -135,3 +136,24 @@ def test_save_and_load_round_trip(fitted, tmp_path):
         bare.get_latent_representation()
     with pytest.raises(CausalZooError, match="already exists"):
         fitted.save(path)
+
+
+def test_fit_checkpoints_and_resumes_through_the_engine(tmp_path):
+    rng = np.random.default_rng(0)
+    u = np.repeat(np.arange(4), 30)
+    z = rng.normal(size=(120, 2)) * (1 + u[:, None])
+    x = (z @ rng.normal(size=(2, 4))).astype(np.float32)
+    small = dict(n_latent=2, n_hidden=8, n_layers=1)
+    kw = dict(batch_size=32, progress=False, steps_per_call=4, checkpoint_every=4,
+              schedule="constant")
+    full = cz.IVAE.from_arrays(x=x, u=u, **small).fit(max_steps=8, **kw)
+    first = cz.IVAE.from_arrays(x=x, u=u, **small).fit(
+        max_steps=4, checkpoint_dir=tmp_path / "ckpt", **kw)
+    resumed = cz.IVAE.from_arrays(x=x, u=u, **small).fit(
+        max_steps=8, checkpoint_dir=tmp_path / "ckpt", resume=True, **kw)
+    assert resumed.fit_info["n_steps"] == 8 and resumed.history["loss"].shape == (8,)
+    np.testing.assert_array_equal(resumed.history["loss"][:4], first.history["loss"])
+    np.testing.assert_array_equal(resumed.history["loss"], full.history["loss"])
+    leaves = jax.tree_util.tree_leaves_with_path(full.params)
+    for (path, a), b in zip(leaves, jax.tree_util.tree_leaves(resumed.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=str(path))
