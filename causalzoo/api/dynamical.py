@@ -23,6 +23,7 @@ from numpyro import handlers
 
 from .. import _io
 from .._errors import CausalZooError
+from ..data.sequences import check_sequence_array, check_unit_labels
 from ..inference import AlignedELBO, EarlyStopping, FitResult, fit_svi, two_speed_adam
 from ..models.dynamical import DynamicalConfig, dynamical_guide, dynamical_model
 from ._common import package_version as _version
@@ -129,21 +130,9 @@ class DynamicalCausalVAE:
         self.fit_info: dict[str, Any] = {}
 
     def _check_x(self, x) -> np.ndarray:
-        x = np.asarray(x, np.float32)
-        if x.ndim != 3:
-            raise CausalZooError(
-                f"x must be 3-D (units, steps, features); got shape {x.shape}. For snapshot "
-                "data (each cell seen once) use the snapshot mode (not implemented yet)."
-            )
-        if not np.all(np.isfinite(x)):
-            raise CausalZooError("x has NaN or infinite values; remove or impute them first.")
         lik = self.config.likelihood_block
-        if lik.count_data and (np.any(x < 0) or np.any(x != np.round(x))):
-            raise CausalZooError(
-                f"likelihood={lik.name!r} models counts but x has negative or non-integer "
-                "values; use likelihood='gaussian' for continuous data."
-            )
-        return x
+        return check_sequence_array(x, n_lags=self.config.n_lags, count_data=lik.count_data,
+                                    likelihood=lik.name)
 
     @classmethod
     def from_arrays(
@@ -164,12 +153,7 @@ class DynamicalCausalVAE:
         x = np.asarray(x)
         if u is None:
             u = np.zeros(x.shape[0] if x.ndim else 0, np.int64)
-        u = np.asarray(u)
-        if u.ndim != 1:
-            raise CausalZooError(
-                f"u must be 1-D, one label per unit; got shape {u.shape} (labels per step are "
-                "not supported yet)."
-            )
+        u = check_unit_labels(u, x.shape[0] if x.ndim else 0)
         codes, vocabulary = _encode_labels(u, domain_names)
         return cls(x, codes, domain_names=vocabulary, feature_names=feature_names,
                    **config_kwargs)
