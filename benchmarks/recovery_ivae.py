@@ -26,7 +26,7 @@ from causalzoo.identifiability import entangled_floor, mcc
 def run(args, shuffle: bool) -> dict:
     data = cz.identifiability.generators.ivae(
         n_segments=args.segments, n_per_segment=args.per_segment, n_latent=args.latent,
-        n_layers=args.layers, mean_range=args.mean_range, seed=args.seed,
+        n_layers=args.layers, slope=args.slope, mean_range=args.mean_range, seed=args.seed,
     )
     u = data.segment
     if shuffle:
@@ -57,11 +57,13 @@ def main(argv=None):
     parser.add_argument("--per-segment", type=int, default=500)
     parser.add_argument("--latent", type=int, default=5)
     parser.add_argument("--layers", type=int, default=3, help="mixing layers of the generator")
+    parser.add_argument("--slope", type=float, default=0.1,
+                        help="slope of the generator's xtanh activation (0.1: the reference)")
     parser.add_argument("--mean-range", type=float, default=2.0,
                         help="segment means ~ U(-r, r); 0: variance-only (reference) setting")
     parser.add_argument("--steps", type=int, default=20_000)
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-3, help="IVAE.fit's default")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--posterior", choices=["full", "diagonal"], default="full")
     parser.add_argument("--seed", type=int, default=0, help="generator seed (the fit uses 0)")
