@@ -4,8 +4,9 @@ Thin plumbing over :mod:`causalzoo.models.dynamical` in **sequence mode**: array
 ``x (n_units, n_steps, n_features)`` with one domain / perturbation label per unit. It encodes
 the labels, runs :func:`causalzoo.inference.fit_svi` with units as the minibatch axis, and
 keeps what a fitted model needs to embed sequences, report its lag graph and perturbation
-targets, and be saved as plain data. Snapshot mode (AnnData with a time key) is not
-implemented yet.
+targets, and be saved as plain data. Snapshot mode (AnnData with a time key, each cell
+measured once) is :mod:`causalzoo.api.dynamical_snapshot`; ``DynamicalCausalVAE(adata)``
+builds it.
 """
 
 from __future__ import annotations
@@ -67,11 +68,18 @@ def _encode_labels(u: np.ndarray, names: Sequence[str] | None):
     return np.array([lookup[str(v)] for v in u], np.int32), vocabulary
 
 
+def _is_anndata(obj) -> bool:
+    return hasattr(obj, "obs") and hasattr(obj, "var_names") and hasattr(obj, "uns")
+
+
 class DynamicalCausalVAE:
-    """CITE-VAE-style dynamical latent causal model on sequences.
+    """CITE-VAE-style dynamical latent causal model on sequences or snapshots.
 
     The generative story, identifiability class and references are in
-    :mod:`causalzoo.models.dynamical`. Build it with :meth:`from_arrays`.
+    :mod:`causalzoo.models.dynamical` (and :mod:`causalzoo.models.dynamical_snapshot`).
+    Build it with :meth:`from_arrays` for sequences; for a single-cell time course call
+    :meth:`setup_anndata` then ``DynamicalCausalVAE(adata, **config)``, which returns a
+    :class:`~causalzoo.api.dynamical_snapshot.SnapshotDynamicalCausalVAE` (a subclass).
 
     Parameters
     ----------
@@ -100,6 +108,31 @@ class DynamicalCausalVAE:
 
     spec_name = MODEL_NAME
     _saved_groups = ("params", "history")
+
+    def __new__(cls, *args, **kwargs):
+        # DynamicalCausalVAE(adata, ...) builds the snapshot mode (AnnData set up with
+        # setup_anndata); arrays build the sequence mode.
+        if cls is DynamicalCausalVAE and args and _is_anndata(args[0]):
+            from .dynamical_snapshot import SnapshotDynamicalCausalVAE
+
+            return super().__new__(SnapshotDynamicalCausalVAE)
+        return super().__new__(cls)
+
+    @classmethod
+    def setup_anndata(cls, adata, *, time_key: str = "time", perturbation_key: str | None = None,
+                      layer: str | None = None, control: str | None = None,
+                      time_step: float | None = None, count_data: bool = False):
+        """Register a single-cell time course for **snapshot mode** (each cell measured once).
+
+        See :meth:`causalzoo.api.dynamical_snapshot.SnapshotDynamicalCausalVAE.setup_anndata`
+        for the parameters; then build the model with ``cz.DynamicalCausalVAE(adata, ...)``.
+        """
+        from .dynamical_snapshot import SnapshotDynamicalCausalVAE
+
+        return SnapshotDynamicalCausalVAE.setup_anndata(
+            adata, time_key=time_key, perturbation_key=perturbation_key, layer=layer,
+            control=control, time_step=time_step, count_data=count_data,
+        )
 
     def __init__(self, x, u, *, domain_names: Sequence[str],
                  feature_names: Sequence[str] | None = None, **config_kwargs):
@@ -170,6 +203,17 @@ class DynamicalCausalVAE:
     def _static_kwargs(self) -> dict[str, Any]:
         return {"config": self.config, "n_domains": self.n_domains}
 
+    def _program(self):
+        """The NumPyro model and guide this mode fits."""
+        return dynamical_model, dynamical_guide
+
+    def _fit_data(self) -> dict[str, np.ndarray]:
+        """The arrays ``fit_svi`` minibatches (first axis: units)."""
+        data = {"x": self.x, "u": self.u}
+        if self.config.likelihood_block.uses_library:
+            data["library_size"] = np.maximum(self.x.sum(-1), 1.0)
+        return data
+
     def fit(
         self,
         max_steps: int = 5000,
@@ -185,6 +229,7 @@ class DynamicalCausalVAE:
         resume: bool = False,
         checkpoint_every: int = 1000,
         on_nonfinite: str = "stop",
+        devices=None,
     ) -> DynamicalCausalVAE:
         """Fit by SVI on minibatches of ``batch_size`` units (default ``min(256, n_units)``).
 
@@ -198,7 +243,8 @@ class DynamicalCausalVAE:
         of :func:`causalzoo.inference.fit_svi` (periodic atomic checkpoints, exact resume,
         Ctrl-C checkpoint, non-finite diagnosis); see the reliability guide.
         """
-        n_units = self.x.shape[0]
+        data = self._fit_data()
+        n_units = len(data["u"])
         batch_size = min(256, n_units) if batch_size is None else batch_size
         if not learning_rate > 0 or (
             global_learning_rate is not None and not global_learning_rate > 0
@@ -208,12 +254,10 @@ class DynamicalCausalVAE:
                 f"global_learning_rate={global_learning_rate!r}."
             )
         global_learning_rate = global_learning_rate or 10 * learning_rate
-        data = {"x": self.x, "u": self.u}
-        if self.config.likelihood_block.uses_library:
-            data["library_size"] = np.maximum(self.x.sum(-1), 1.0)
+        model, guide = self._program()
         result: FitResult = fit_svi(
-            dynamical_model,
-            dynamical_guide,
+            model,
+            guide,
             data,
             batch_size=batch_size,
             max_steps=max_steps,
@@ -231,6 +275,7 @@ class DynamicalCausalVAE:
             checkpoint_every=checkpoint_every,
             resume=resume,
             on_nonfinite=on_nonfinite,
+            devices=devices,
             checkpoint_meta={
                 "model": MODEL_NAME,
                 "learning_rate": float(learning_rate),
@@ -332,6 +377,13 @@ class DynamicalCausalVAE:
             columns=[f"z_{i}" for i in range(self.config.n_latent)],
         )
 
+    def to_datatree(self, data=None, **kwargs):
+        """The posterior as an ArviZ 1.x DataTree (dims units/steps/features/latents/domains);
+        ``data={"x": ..., "u": ...}`` for other units. See :func:`causalzoo.diagnostics.to_datatree`."""
+        from ..diagnostics import to_datatree
+
+        return to_datatree(self, data, **kwargs)
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save configuration, vocabularies and parameters as plain data (JSON + npz; no
@@ -356,6 +408,10 @@ class DynamicalCausalVAE:
 
     @classmethod
     def _from_saved(cls, meta, arrays, adata=None, networks=None) -> DynamicalCausalVAE:
+        if meta.get("mode") == "snapshot":
+            from .dynamical_snapshot import SnapshotDynamicalCausalVAE
+
+            return SnapshotDynamicalCausalVAE._from_saved(meta, arrays, adata, networks)
         if adata is not None:
             raise CausalZooError(
                 "A sequence-mode DynamicalCausalVAE takes no AnnData: load it without adata "

@@ -25,6 +25,7 @@ from .. import _io
 from .._errors import CausalZooError
 from ..data.anndata import get_counts
 from ..inference import EarlyStopping, FitResult, fit_svi
+from ..inference.nuts_fit import fit_by_method
 from ..models.ivae import IVAEConfig, ivae_encode, ivae_guide, ivae_model
 from ._common import package_version as _version
 from ._common import record_fit, register_user_class
@@ -361,6 +362,9 @@ class IVAE:
         resume: bool = False,
         checkpoint_every: int = 1000,
         on_nonfinite: str = "stop",
+        devices=None,
+        method: str = "svi",
+        **nuts_options: Any,
     ) -> IVAE:
         """Fit by SVI (mean-field ELBO, analytic KL) on minibatches.
 
@@ -387,12 +391,18 @@ class IVAE:
         checkpoint_dir, resume, checkpoint_every, on_nonfinite
             Periodic atomic checkpoints, exact resume, Ctrl-C checkpoint and the non-finite
             policy of :func:`causalzoo.inference.fit_svi` (see the reliability guide).
+        method : {"svi", "nuts"}
+            ``"nuts"`` samples the posterior with NUTS with the networks fixed at the SVI fit
+            (``self.nuts_result``); ``nuts_options`` as in
+            :func:`causalzoo.inference.nuts_fit.ivae_nuts` (``num_samples``, ``subsample``, ...).
 
         Returns
         -------
         IVAE
             ``self``; calling ``fit`` again continues from the current parameters.
         """
+        if method != "svi" or nuts_options:  # NUTS with the networks fixed
+            return fit_by_method(self, method, seed=seed, **nuts_options)
         arrays = self._arrays()
         n = arrays["x"].shape[0]
         batch_size = min(128, n) if batch_size is None else batch_size
@@ -427,6 +437,7 @@ class IVAE:
             checkpoint_every=checkpoint_every,
             resume=resume,
             on_nonfinite=on_nonfinite,
+            devices=devices,
             checkpoint_meta={
                 "model": MODEL_NAME,
                 "learning_rate": float(learning_rate),
@@ -508,6 +519,12 @@ class IVAE:
             key = write_obsm if isinstance(write_obsm, str) else "X_causalzoo"
             target.obsm[key] = loc
         return (loc, scale) if give_scale else loc
+
+    def to_datatree(self, adata=None, **kwargs):
+        """The posterior as an ArviZ 1.x DataTree; see :func:`causalzoo.diagnostics.to_datatree`."""
+        from ..diagnostics import to_datatree
+
+        return to_datatree(self, adata, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:

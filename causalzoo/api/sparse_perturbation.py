@@ -34,7 +34,9 @@ from ..data import (
     setup_anndata,
 )
 from ..data.anndata import _one_hot as covariate_one_hot
+from ..data.streaming import anndata_source, is_backed
 from ..inference import AlignedELBO, EarlyStopping, FitResult, fit_svi, two_speed_adam
+from ..inference.nuts_fit import fit_by_method
 from ..models.sparse_perturbation import (
     SparsePerturbationConfig,
     global_guide,
@@ -221,6 +223,9 @@ class SparsePerturbationVAE:
         resume: bool = False,
         checkpoint_every: int = 1000,
         on_nonfinite: str = "stop",
+        devices=None,
+        method: str = "svi",
+        **nuts_options: Any,
     ) -> SparsePerturbationVAE:
         """Fit by SVI on minibatches of ``batch_size`` cells (default ``min(256, n_cells)``).
 
@@ -240,12 +245,31 @@ class SparsePerturbationVAE:
         halves the learning rate instead of stopping when the loss becomes non-finite; the
         diagnosis of a non-finite stop is in ``self.fit_info["diagnosis"]``. See
         :func:`causalzoo.inference.fit_svi` and the reliability guide.
+
+        ``devices`` splits each minibatch over several devices (see ``fit_svi``). On an
+        AnnData opened with ``backed="r"`` the counts are streamed from disk in shuffled
+        chunks (:mod:`causalzoo.data.streaming`; ``alignment > 0`` is not supported there).
+
+        ``method="nuts"`` samples the effects and SCM weights with NUTS, the networks fixed at
+        the SVI fit, into ``self.nuts_result``; ``nuts_options`` are those of
+        :func:`causalzoo.inference.nuts_fit.sparse_perturbation_nuts`.
         """
-        arrays = self._arrays()
+        if method != "svi" or nuts_options:  # NUTS with the networks fixed
+            return fit_by_method(self, method, seed=seed, **nuts_options)
+        if is_backed(self.adata):
+            source, arrays = anndata_source(self.adata, self.registry)
+        else:
+            source, arrays = None, self._arrays()
         n_cells = arrays["x"].shape[0]
         batch_size = min(256, n_cells) if batch_size is None else batch_size
-        data = {k: arrays[k] for k in ("x", "design", "covariates", "library_size")}
+        data = source or {k: arrays[k] for k in ("x", "design", "covariates", "library_size")}
         batch_fn = None
+        if self.config.alignment > 0 and source is not None:
+            raise CausalZooError(
+                "alignment > 0 pairs cells with control cells anywhere in the data, which a "
+                "fit streamed from a backed AnnData cannot do; set alignment=0, or load the "
+                "data with adata.to_memory()."
+            )
         if self.config.alignment > 0:
             data["context"], _ = _context_ids(arrays["covariate_codes"])
             batch_fn = self._alignment_batch_fn(arrays["is_control"], data["context"])
@@ -286,6 +310,7 @@ class SparsePerturbationVAE:
             checkpoint_every=checkpoint_every,
             resume=resume,
             on_nonfinite=on_nonfinite,
+            devices=devices,
             checkpoint_meta={
                 "model": MODEL_NAME,
                 "config": config_record,

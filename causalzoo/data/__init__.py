@@ -20,9 +20,11 @@ from .perturbations import (
     normalize_control,
     parse_perturbation,
 )
+from .streaming import CellSource
 
 __all__ = [
     "AnnDataRegistry",
+    "CellSource",
     "build_vocabulary",
     "canonical_condition",
     "densify",

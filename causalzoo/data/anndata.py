@@ -233,7 +233,11 @@ def _where(layer: str | None) -> str:
 
 def _check_matrix(adata: anndata.AnnData, layer: str | None, count_data: bool) -> Any:
     matrix = get_counts(adata, layer)
-    _v.check_count_matrix(
+    from .streaming import check_matrix_chunked, is_backed
+
+    # A backed (on-disk) matrix is validated a block of rows at a time, never loaded whole.
+    check = check_matrix_chunked if is_backed(adata) else _v.check_count_matrix
+    check(
         matrix,
         count_data=count_data,
         where=_where(layer),
@@ -436,7 +440,11 @@ def _one_hot(codes: np.ndarray, registry: AnnDataRegistry, dtype: Any) -> np.nda
 
 
 def extract_arrays(
-    adata: anndata.AnnData, registry: AnnDataRegistry, *, dtype: Any = np.float32
+    adata: anndata.AnnData,
+    registry: AnnDataRegistry,
+    *,
+    dtype: Any = np.float32,
+    counts: bool = True,
 ) -> dict[str, np.ndarray]:
     """Turn an AnnData that matches ``registry`` into the arrays a model consumes.
 
@@ -449,6 +457,9 @@ def extract_arrays(
         From :func:`setup_anndata` or :func:`get_registry`.
     dtype
         The floating dtype of ``x``, ``design``, ``covariates`` and ``library_size``.
+    counts
+        ``False`` leaves out ``x`` and ``library_size`` and does not read the expression
+        matrix (for data streamed from disk, :mod:`causalzoo.data.streaming`).
 
     Returns
     -------
@@ -504,17 +515,22 @@ def extract_arrays(
     unique_control = np.array([len(p) == 0 for p in parsed] or [False], dtype=bool)
 
     cov_codes = _covariate_codes(adata, registry)
-    matrix = _check_matrix(adata, registry.layer, registry.count_data)
-    x = densify(matrix, dtype)
-    return {
-        "x": x,
+    arrays = {
         "design": unique_design[codes],
         "covariates": _one_hot(cov_codes, registry, dtype),
-        "library_size": x.sum(axis=1, dtype=np.float64).astype(dtype),
         "condition": unique_condition[codes],
         "is_control": unique_control[codes],
         "covariate_codes": cov_codes,
     }
+    if not counts:
+        return arrays
+    matrix = _check_matrix(adata, registry.layer, registry.count_data)
+    if not (sp.issparse(matrix) or isinstance(matrix, np.ndarray)):
+        matrix = matrix[:]  # on disk (a backed AnnData): read into memory
+    x = densify(matrix, dtype)
+    library_size = x.sum(axis=1, dtype=np.float64).astype(dtype)
+    return {"x": x, "design": arrays["design"], "covariates": arrays["covariates"],
+            "library_size": library_size, **arrays}
 
 
 def encode_covariates(

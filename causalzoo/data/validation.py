@@ -26,6 +26,7 @@ __all__ = [
     "check_obs_keys",
     "check_perturbation_column",
     "check_setup_arguments",
+    "check_time_column",
     "check_unique_var_names",
 ]
 
@@ -235,6 +236,65 @@ def check_control_present(
             f"frequent values are: {shown}. Pass control=<the label of unperturbed cells>, "
             "e.g. control='ctrl' or control=('control', 'non-targeting')."
         )
+
+
+def check_time_column(adata: Any, key: Any) -> np.ndarray:
+    """Validate a time-point column of ``adata.obs`` and return its values as float64.
+
+    A time label must be present (the key exists, no cell lacks a value), numeric (numbers,
+    or a categorical whose categories are numbers), finite and ``>= 0`` (time since the start
+    of the experiment, e.g. hours).
+
+    Examples
+    --------
+    >>> import anndata, numpy as np, pandas as pd
+    >>> a = anndata.AnnData(np.ones((2, 1)), obs=pd.DataFrame({"hours": [0, 24]}, index=["a", "b"]))
+    >>> check_time_column(a, "hours").tolist()
+    [0.0, 24.0]
+    """
+    if not isinstance(key, str):
+        raise CausalZooError(
+            f"time_key={key!r} must be a string, the adata.obs column with each cell's time point."
+        )
+    check_obs_keys(adata, [key], role="time_key")
+    series = adata.obs[key]
+    _check_no_missing(
+        series,
+        key,
+        "Every cell needs its time point: fill the missing ones or drop those cells "
+        f"(adata = adata[adata.obs[{key!r}].notna()].copy()).",
+    )
+    values = np.asarray(series.astype(object).to_numpy())
+    kind = pd.api.types.infer_dtype(values, skipna=False)
+    if kind not in ("integer", "floating", "mixed-integer-float", "decimal"):
+        numeric_kind = {"integer", "floating", "decimal"}
+        row = next(
+            (i for i, v in enumerate(values)
+             if pd.api.types.infer_dtype([v]) not in numeric_kind),
+            0,
+        )
+        raise CausalZooError(
+            f"adata.obs[{key!r}] holds non-numeric time labels (e.g. {values[row]!r} at row "
+            f"{row}{_name(series.index, row)}); time points must be numbers such as hours "
+            f"since the start. Convert them, e.g. adata.obs[{key!r}] = "
+            f"adata.obs[{key!r}].astype(str).str.rstrip('h').astype(float)."
+        )
+    numeric = values.astype(np.float64)
+    if not np.isfinite(numeric).all():
+        row = int(np.flatnonzero(~np.isfinite(numeric))[0])
+        raise CausalZooError(
+            f"adata.obs[{key!r}] has an infinite time label ({numeric[row]} at row "
+            f"{row}{_name(series.index, row)}); time points must be finite numbers."
+        )
+    if (numeric < 0).any():
+        row = int(np.flatnonzero(numeric < 0)[0])
+        raise CausalZooError(
+            f"adata.obs[{key!r}] has {int((numeric < 0).sum())} negative time label(s) "
+            f"(first: {numeric[row]:g} at row {row}{_name(series.index, row)}); time points "
+            "are times since the start of the experiment and must be >= 0. Shift them, e.g. "
+            f"adata.obs[{key!r}] -= adata.obs[{key!r}].min()."
+        )
+    return numeric
 
 
 def check_unique_var_names(var_names: Sequence[Any]) -> None:

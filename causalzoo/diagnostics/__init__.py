@@ -8,7 +8,7 @@ reports.
 >>> cz.diagnostics.importance_diagnostics(dt)["fraction_bad"]   # doctest: +SKIP
 """
 
-from .compare import compare_models, heldout_datatrees, heldout_lpd
+from .compare import compare_models, compare_posteriors, heldout_datatrees, heldout_lpd
 from .convert import PosteriorSource, posterior_source, register_converter, to_datatree
 from .io import open_datatree, save_datatree
 from .plots import (
@@ -42,6 +42,7 @@ __all__ = [
     "heldout_datatrees",
     "heldout_lpd",
     "compare_models",
+    "compare_posteriors",
     "plot_elbo",
     "plot_count_ppc",
     "plot_perturbation_heatmap",

@@ -96,3 +96,129 @@ def sparse_perturbation_source(fitted, adata=None) -> PosteriorSource:
 
 
 register_converter("sparse_perturbation", sparse_perturbation_source)
+
+
+def ivae_source(fitted, adata=None) -> PosteriorSource:
+    """The :class:`PosteriorSource` of a fitted :class:`causalzoo.IVAE` (no global latents:
+    the posterior holds the per-point sources ``z``)."""
+    from ..models.ivae import ivae_guide, ivae_model
+
+    target = _cells_of(fitted, adata)
+    arrays = fitted._arrays(target)
+    reg, config = fitted.registry, fitted.config
+    aux_names = list(reg.categories) or [f"{reg.aux_key}_{j}" for j in range(reg.n_aux)]
+    loss = np.asarray(fitted.history.get("loss", np.zeros(0)), dtype=np.float64)
+    return PosteriorSource(
+        model=ivae_model,
+        guide=ivae_guide,
+        params=fitted.params,
+        cell_data=dict(arrays),
+        static_kwargs=fitted._static_kwargs(),
+        event_dims={"z": ["latents"], "x": ["features"]},
+        coords={
+            "features": list(reg.feature_names),
+            "latents": [f"z_{k}" for k in range(config.n_latent)],
+            "aux": aux_names,
+        },
+        cell_names=[str(c) for c in target.obs_names],
+        constant_data={"u": (["cells", "aux"], arrays["u"])},
+        sample_stats={"elbo": (["step"], -loss)},
+        attrs={
+            "model": fitted.spec_name,
+            "likelihood": config.likelihood_block.name,
+            "n_latent": config.n_latent,
+            "posterior": config.posterior,
+            "n_steps": int(fitted.fit_info.get("n_steps", loss.size)),
+        },
+    )
+
+
+def dynamical_source(fitted, data=None) -> PosteriorSource:
+    """The :class:`PosteriorSource` of a fitted :class:`causalzoo.DynamicalCausalVAE` in
+    sequence mode. ``data`` is ``None`` (the training sequences) or ``{"x": (units, steps,
+    features), "u": (units,) codes}`` for other units."""
+    from ..models.dynamical import dynamical_guide, dynamical_model
+
+    mode = getattr(fitted, "mode", "sequence")
+    if mode != "sequence":
+        raise CausalZooError(
+            f"to_datatree converts sequence-mode DynamicalCausalVAE fits only; this one is in "
+            f"mode={mode!r}. Fit it on (units, steps, features) sequences to analyse it here."
+        )
+    if data is None:
+        x, u = fitted.x, fitted.u
+        if x is None:
+            raise CausalZooError(
+                "This DynamicalCausalVAE was loaded without its sequences: pass them, "
+                "to_datatree(model, {'x': x, 'u': u})."
+            )
+    else:
+        if not isinstance(data, dict) or "x" not in data:
+            raise CausalZooError(
+                f"Other units go in as a dict {{'x': (units, steps, features), 'u': codes}}; "
+                f"got {type(data).__name__}."
+            )
+        x = fitted._check_x(data["x"])
+        u = np.asarray(data.get("u", np.zeros(x.shape[0], np.int32)), np.int32)
+        if x.shape[1:] != (fitted.n_steps, fitted.n_features) or u.shape != (x.shape[0],):
+            raise CausalZooError(
+                f"x has shape {x.shape} and u {u.shape}; the model was fitted on (units, "
+                f"{fitted.n_steps}, {fitted.n_features}) with one code per unit."
+            )
+    config = fitted.config
+    cell_data = {"x": np.asarray(x, np.float32), "u": u}
+    if config.likelihood_block.uses_library:
+        cell_data["library_size"] = np.maximum(cell_data["x"].sum(-1), 1.0)
+    latents = [f"z_{i}" for i in range(config.n_latent)]
+
+    def derived(posterior):
+        if "target" not in posterior or "mean_shift" not in posterior:
+            return {}
+        return {
+            "domain_shift": (["domains", "latents"], posterior["target"] * posterior["mean_shift"])
+        }
+
+    loss = np.asarray(fitted.history.get("loss", np.zeros(0)), dtype=np.float64)
+    return PosteriorSource(
+        model=dynamical_model,
+        guide=dynamical_guide,
+        params=fitted.params,
+        cell_data=cell_data,
+        static_kwargs=fitted._static_kwargs(),
+        cell_plate="units",
+        event_dims={
+            "z": ["steps", "latents"],
+            "z_inv": ["latents_invariant"],
+            "lag_graph": ["lags", "parents"],
+            "x": ["steps", "features"],
+        },
+        coords={
+            "steps": list(range(fitted.n_steps)),
+            "features": list(fitted.feature_names),
+            "latents": latents,
+            "parents": latents,
+            "lags": list(range(1, config.n_lags + 1)),
+            "domains": list(fitted.domain_names),
+            "latents_invariant": [f"z_inv_{k}" for k in range(config.n_latent_invariant)],
+        },
+        cell_names=[f"unit{i}" for i in range(cell_data["x"].shape[0])],
+        constant_data={
+            "u": (["units"], u),
+            "domain": (["units"], np.asarray(fitted.domain_names, dtype=str)[u]),
+        },
+        sample_stats={"elbo": (["step"], -loss)},
+        derived=derived,
+        attrs={
+            "model": fitted.spec_name,
+            "mode": "sequence",
+            "likelihood": config.likelihood_block.name,
+            "n_latent": config.n_latent,
+            "n_lags": config.n_lags,
+            "transition": config.transition,
+            "n_steps": int(fitted.fit_info.get("n_steps", loss.size)),
+        },
+    )
+
+
+register_converter("ivae", ivae_source)
+register_converter("dynamical", dynamical_source)

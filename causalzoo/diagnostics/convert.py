@@ -69,7 +69,8 @@ class PosteriorSource:
         The observed site (default ``"x"``); also the variable name in ``observed_data``,
         ``posterior_predictive`` and ``log_likelihood``.
     cell_plate : str
-        The plate over cells (default ``"cells"``).
+        The plate over cells (default ``"cells"``; ``"units"`` for sequences); also the
+        name of that dim in every group.
     event_dims : dict
         Site name to the names of its event dims (``{"z_inv": ["latents_invariant"]}``);
         batch dims are named after the plates. Unnamed dims become ``{site}_dim_{i}``.
@@ -146,10 +147,15 @@ def _in_plate(site, plate: str) -> bool:
     return any(frame.name == plate for frame in site["cond_indep_stack"])
 
 
-def _per_cell(site) -> jnp.ndarray:
-    """A cell site's log-density summed over everything but the cells (rightmost batch) dim."""
+def _per_cell(site, plate: str) -> jnp.ndarray:
+    """A cell site's log-density summed over everything but the dim of the cell plate (the
+    rightmost batch dim for ``cells``; ``units`` of a sequence model sits left of ``steps``)."""
     lp = site["fn"].log_prob(site["value"])
-    return lp.reshape(-1, lp.shape[-1]).sum(0) if lp.ndim > 1 else lp
+    dim = next((f.dim for f in site["cond_indep_stack"] if f.name == plate), -1)
+    if lp.ndim < 2:
+        return lp
+    lp = jnp.moveaxis(lp, dim, 0)
+    return lp.reshape(lp.shape[0], -1).sum(-1)
 
 
 def _pointwise(site) -> jnp.ndarray:
@@ -161,7 +167,9 @@ def _pointwise(site) -> jnp.ndarray:
     return fn.log_prob(site["value"])
 
 
-def _build_sampler(src: PosteriorSource, n_inner: int, predictive: bool):
+def _build_sampler(
+    src: PosteriorSource, n_inner: int, predictive: bool, pointwise: bool = True
+):
     model, guide, static = src.model, src.guide, src.static_kwargs
     obs, plate = src.observed, src.cell_plate
 
@@ -191,7 +199,7 @@ def _build_sampler(src: PosteriorSource, n_inner: int, predictive: bool):
             if site["type"] != "sample":
                 continue
             if _in_plate(site, plate):
-                log_w = log_w + _per_cell(site)
+                log_w = log_w + _per_cell(site, plate)
             else:
                 log_w_global = log_w_global + jnp.sum(site["fn"].log_prob(site["value"]))
         local = {}
@@ -199,16 +207,13 @@ def _build_sampler(src: PosteriorSource, n_inner: int, predictive: bool):
             if site["type"] != "sample":
                 continue
             if _in_plate(site, plate):
-                log_w = log_w - _per_cell(site)
+                log_w = log_w - _per_cell(site, plate)
                 local[name] = site["value"]
             else:
                 log_w_global = log_w_global - jnp.sum(site["fn"].log_prob(site["value"]))
-        out = {
-            "local": local,
-            "log_lik": _pointwise(mtr[obs]),
-            "log_w": log_w,
-            "log_w_global": log_w_global,
-        }
+        out = {"local": local, "log_w": log_w, "log_w_global": log_w_global}
+        if pointwise:
+            out["log_lik"] = _pointwise(mtr[obs])
         if predictive:
             out["predictive"] = mtr[obs]["fn"].sample(key_pred)
         return out
@@ -236,19 +241,21 @@ def _build_sampler(src: PosteriorSource, n_inner: int, predictive: bool):
 _SAMPLERS: dict[Any, tuple] = {}
 
 
-def _cached_sampler(src: PosteriorSource, n_inner: int, predictive: bool):
+def _cached_sampler(
+    src: PosteriorSource, n_inner: int, predictive: bool, pointwise: bool = True
+):
     """The compiled samplers, shared by calls with the same model, guide and static
     arguments (parameters and data are arguments, so a second call does not recompile)."""
     try:
         key = (src.model, src.guide, src.observed, src.cell_plate, n_inner, predictive,
-               tuple(sorted(src.static_kwargs.items())))
+               pointwise, tuple(sorted(src.static_kwargs.items())))
         hash(key)
     except TypeError:  # unhashable static arguments: build afresh
-        return _build_sampler(src, n_inner, predictive)
+        return _build_sampler(src, n_inner, predictive, pointwise)
     if key not in _SAMPLERS:
         if len(_SAMPLERS) > 16:
             _SAMPLERS.clear()
-        _SAMPLERS[key] = _build_sampler(src, n_inner, predictive)
+        _SAMPLERS[key] = _build_sampler(src, n_inner, predictive, pointwise)
     return _SAMPLERS[key]
 
 
@@ -376,7 +383,9 @@ def draws_to_datatree(
     if chunk_size < 1:
         raise CausalZooError(f"chunk_size must be >= 1; got {chunk_size!r}.")
     params = src.params
-    globals_fn, chunk_fn = _cached_sampler(src, n_inner, posterior_predictive)
+    globals_fn, chunk_fn = _cached_sampler(
+        src, n_inner, posterior_predictive, pointwise=log_likelihood == "conditional"
+    )
 
     def chunk_at(start):
         stop = min(start + chunk_size, n)
@@ -391,7 +400,16 @@ def draws_to_datatree(
     first, _ = chunk_at(0)
     globals_ = globals_fn(params, jax.random.split(key_globals, num_samples), first)
 
-    host: dict[str, list] = {}
+    # Each output is allocated once, (chain=1, draw, cells, ...), and filled chunk by chunk:
+    # no per-chunk lists to concatenate (which would hold every draw twice at the end).
+    cat: dict[str, np.ndarray] = {}
+
+    def store(name, value, start, valid):
+        value = np.asarray(value)[:, :valid]
+        if name not in cat:
+            cat[name] = np.empty((1, value.shape[0], n, *value.shape[2:]), value.dtype)
+        cat[name][0, :, start:start + valid] = value
+
     log_w_global = None
     for i, start in enumerate(range(0, n, chunk_size)):
         chunk, valid = chunk_at(start)
@@ -401,15 +419,16 @@ def draws_to_datatree(
             log_w_global = np.asarray(res["log_w_global"])
         for name in ("log_lik", "log_w", "log_marginal", "predictive"):
             if name in res:
-                host.setdefault(name, []).append(np.asarray(res[name])[:, :valid])
+                store(name, res[name], start, valid)
         if include_local:
             for name, value in res["local"].items():
-                host.setdefault(f"local:{name}", []).append(np.asarray(value)[:, :valid])
-    cat = {k: np.concatenate(v, axis=1)[None] for k, v in host.items()}  # (chain=1, draw, ...)
+                store(f"local:{name}", value, start, valid)
+        del res
 
     plates = _site_plates(src.guide, src, params, first)
+    cells = src.cell_plate  # the dim of the cell axis, named after the plate
     coords = {k: list(v) for k, v in src.coords.items()}
-    coords["cells"] = list(src.cell_names) if src.cell_names is not None else list(range(n))
+    coords[cells] = list(src.cell_names) if src.cell_names is not None else list(range(n))
     obs = src.observed
 
     posterior = {}
@@ -426,11 +445,11 @@ def draws_to_datatree(
         for name, (dims, value) in src.derived(arrays).items():
             posterior[name] = (["chain", "draw", *dims], np.asarray(value))
 
-    obs_dims = ["cells", *src.event_dims.get(obs, [f"{obs}_dim_{i}" for i in range(x_obs.ndim - 1)])]
+    obs_dims = [cells, *src.event_dims.get(obs, [f"{obs}_dim_{i}" for i in range(x_obs.ndim - 1)])]
     if log_likelihood == "conditional":
         ll = (["chain", "draw", *obs_dims], cat["log_lik"])
     else:
-        ll = (["chain", "draw", "cells"], cat["log_marginal"])
+        ll = (["chain", "draw", cells], cat["log_marginal"])
     groups: dict[str, xr.Dataset] = {}
 
     def dataset(variables):
@@ -452,7 +471,7 @@ def draws_to_datatree(
     if src.constant_data:
         groups["constant_data"] = dataset(dict(src.constant_data))
     stats = {
-        "log_weight": (["chain", "draw", "cells"], cat["log_w"]),
+        "log_weight": (["chain", "draw", cells], cat["log_w"]),
         "log_weight_joint": (
             ["chain", "draw"],
             (cat["log_w"].sum(-1) + log_w_global[None]).astype(np.float64),

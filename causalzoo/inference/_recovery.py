@@ -113,22 +113,25 @@ def _diagnose_update(svi, good, bad, batch, step: int) -> str:
 # ---------------------------------------------------------------- replaying steps
 
 
-def _replay(run_call, segments, device_data, step: int):
-    """The state after ``step`` steps, re-run from the latest call start at or before it."""
-    for start, state, call_key in reversed(segments):
+def _replay(run_call, segments, step: int):
+    """The state after ``step`` steps, re-run from the latest call start at or before it.
+
+    ``segments`` holds ``(first step, start state, call key, call data)`` of the calls that
+    can be replayed (the call data are the resident arrays, or a streamed chunk)."""
+    for start, state, call_key, call_data in reversed(segments):
         if start <= step:
             if step == start:
                 return state
-            return run_call(state, call_key, jnp.int32(step - start), device_data)[0]
+            return run_call(state, call_key, jnp.int32(step - start), call_data)[0]
     return segments[0][1]
 
 
-def _batch_at(plan, batch_fn, device_data, segments, step: int):
+def _batch_at(plan, batch_fn, segments, step: int):
     """The arguments step ``step`` (0-based, counted over the fit) was given."""
-    for start, _, call_key in reversed(segments):
+    for start, _, call_key, call_data in reversed(segments):
         if start <= step:
             idx, step_keys = plan(call_key)
-            return batch_fn(step_keys[step - start], idx[step - start], device_data)
+            return batch_fn(step_keys[step - start], idx[step - start], call_data)
     raise AssertionError("step before the replayable calls")  # pragma: no cover
 
 
@@ -137,8 +140,7 @@ def _params_finite(svi, state) -> jax.Array:
     return jnp.all(jnp.stack([_nonfinite_count(x) == 0 for x in leaves] or [jnp.bool_(True)]))
 
 
-def _recover(svi, run_call, plan, batch_fn, device_data, segments, call_losses, end_state,
-             n_active) -> tuple[int, str, bool]:
+def _recover(svi, run_call, plan, batch_fn, segments, call_losses, end_state, n_active) -> tuple[int, str, bool]:
     """After a call with a non-finite loss or parameter: how many steps to keep, why, and
     whether a smaller learning rate could help (the kept state precedes the bad one).
 
@@ -154,15 +156,15 @@ def _recover(svi, run_call, plan, batch_fn, device_data, segments, call_losses, 
     kept = max(first_bad - 1, earliest)
     try:
         if bad.size:
-            suspect = _replay(run_call, segments, device_data, first_bad)
+            suspect = _replay(run_call, segments, first_bad)
             if first_bad == kept or bool(jax.jit(partial(_params_finite, svi))(suspect)):
-                batch = _batch_at(plan, batch_fn, device_data, segments, first_bad)
+                batch = _batch_at(plan, batch_fn, segments, first_bad)
                 why = _diagnose_forward(svi, suspect, batch, first_bad + 1)
                 return kept, why, kept < first_bad
         else:
             suspect = end_state
-        good = _replay(run_call, segments, device_data, kept)
-        batch = _batch_at(plan, batch_fn, device_data, segments, kept)
+        good = _replay(run_call, segments, kept)
+        batch = _batch_at(plan, batch_fn, segments, kept)
         return kept, _diagnose_update(svi, good, suspect, batch, kept + 1), True
     except Exception as err:  # a failed diagnosis must never hide the stop itself
         why = (f"The loss or parameters became non-finite at step {first_bad + 1} "

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from numpyro.infer import MCMC, NUTS
+from numpyro.infer import MCMC, NUTS, init_to_uniform, init_to_value
 
 from .._errors import CausalZooError
 from .svi import as_key
@@ -37,6 +37,13 @@ class NUTSResult:
         What the model was conditioned on (for the log-likelihood and constant data).
     dims, coords : dict
         Dim names per site and their coordinates, used by :meth:`to_datatree`.
+    constant_data : dict
+        Arrays for the ``constant_data`` group (design, values held fixed such as masks).
+    derived : callable, optional
+        ``derived(posterior_dataset) -> {name: DataArray}``: deterministic functions of the
+        draws added to ``posterior`` (e.g. ``shift = mask * effect``).
+    attrs : dict
+        Attributes of the DataTree's root (model, what was held fixed).
     """
 
     mcmc: MCMC
@@ -45,6 +52,9 @@ class NUTSResult:
     static_kwargs: dict[str, Any] = field(default_factory=dict)
     dims: dict[str, Sequence[str]] = field(default_factory=dict)
     coords: dict[str, Sequence] = field(default_factory=dict)
+    constant_data: dict[str, Any] = field(default_factory=dict)
+    derived: Callable | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_divergences(self) -> int:
@@ -53,16 +63,24 @@ class NUTSResult:
 
     def to_datatree(self, *, log_likelihood: bool = True, constant_data: Mapping | None = None):
         """The run as an ArviZ 1.x ``xarray.DataTree`` (``posterior``, ``sample_stats`` with
-        ``diverging``, ``log_likelihood``, ``observed_data``), through ``az.from_numpyro``."""
+        ``diverging``, ``log_likelihood``, ``observed_data``), through ``az.from_numpyro``.
+
+        ``constant_data`` is added to the result's own (:attr:`constant_data`)."""
         import arviz as az
 
-        return az.from_numpyro(
+        constant = {**self.constant_data, **dict(constant_data or {})}
+        tree = az.from_numpyro(
             self.mcmc,
             log_likelihood=log_likelihood,
             coords=dict(self.coords) or None,
             dims={k: list(v) for k, v in self.dims.items()} or None,
-            constant_data=dict(constant_data) if constant_data else None,
+            constant_data=constant or None,
         )
+        if self.derived is not None:
+            posterior = tree["posterior"].to_dataset()
+            tree["posterior"] = posterior.assign(self.derived(posterior))
+        tree.attrs.update(self.attrs)
+        return tree
 
 
 def fit_nuts(
@@ -79,6 +97,7 @@ def fit_nuts(
     dims: Mapping[str, Sequence[str]] | None = None,
     coords: Mapping[str, Sequence] | None = None,
     progress: bool = False,
+    init_values: Mapping[str, Any] | None = None,
 ) -> NUTSResult:
     """Sample a NumPyro model's posterior with NUTS.
 
@@ -103,6 +122,9 @@ def fit_nuts(
         ArviZ dim names per site and their coordinates.
     progress : bool
         Show NumPyro's progress bar.
+    init_values : mapping, optional
+        Initial values of some latent sites (e.g. the SVI posterior means), through
+        ``init_to_value``; the other sites start where NumPyro starts them (``init_to_uniform``).
 
     Returns
     -------
@@ -131,7 +153,9 @@ def fit_nuts(
         raise CausalZooError(
             f"{sorted(clash)} given both in data and static_kwargs; pass each argument once."
         )
-    kernel = NUTS(model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth)
+    init = init_to_value(values=dict(init_values)) if init_values else init_to_uniform
+    kernel = NUTS(model, target_accept_prob=target_accept_prob, max_tree_depth=max_tree_depth,
+                  init_strategy=init)
     mcmc = MCMC(
         kernel,
         num_warmup=int(num_warmup),

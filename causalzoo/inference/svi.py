@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
 from numpyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
@@ -58,6 +59,7 @@ from ._state import (
     _state_arrays,
     _with_step_scale,
 )
+from .sharding import Devices, cell_mesh, check_divisible, constrain_batch, replicate
 
 __all__ = ["EarlyStopping", "FitResult", "fit_svi", "as_key", "two_speed_adam"]
 
@@ -273,6 +275,7 @@ def fit_svi(
     resume: bool = False,
     on_nonfinite: str = "stop",
     checkpoint_meta: Mapping[str, Any] | None = None,
+    devices: Devices = None,
 ) -> FitResult:
     """Fit ``guide`` to ``model`` by stochastic variational inference on minibatches.
 
@@ -281,8 +284,12 @@ def fit_svi(
     model, guide : callable
         NumPyro model and guide. Each step calls them with the minibatch as keyword
         arguments, plus ``n_cells`` (the number of cells, for scaling) and ``static_kwargs``.
-    data : mapping of str to array
-        Arrays whose first axis is the cell axis; they are put on the device once.
+    data : mapping of str to array, or CellSource
+        Arrays whose first axis is the cell axis; they are put on the device once. Or a
+        :class:`causalzoo.data.streaming.CellSource` (e.g. from a backed AnnData) that
+        streams chunks of cells from disk: each compiled call then draws its
+        ``steps_per_call`` minibatches from one chunk, read (and put on the device) in a
+        background thread while the previous call runs.
     batch_size : int
         Cells per step; must not exceed the number of cells.
     max_steps : int
@@ -301,8 +308,8 @@ def fit_svi(
         ``batch_fn(key, idx, data) -> kwargs`` builds a step's model arguments from the cell
         indices ``idx`` (on device, traced); the default gathers every data array.
     steps_per_call : int, optional
-        SVI steps per compiled call; defaults to about one epoch, between 50 and 500 (on
-        resume: the checkpoint's).
+        SVI steps per compiled call; defaults to about one epoch, between 50 and 500 (one
+        pass over a chunk when streaming; on resume: the checkpoint's).
     early_stopping : EarlyStopping or bool
         ``True`` uses :class:`EarlyStopping` defaults.
     progress : bool
@@ -327,6 +334,13 @@ def fit_svi(
     checkpoint_meta : mapping, optional
         JSON-serialisable settings that a checkpoint must match to be resumed (a user class
         passes its learning rates and configuration here; ``optimizer`` cannot be compared).
+    devices : int, sequence of jax devices or jax.sharding.Mesh, optional
+        Split the cell axis of every minibatch over these devices, with the parameters,
+        optimiser state and data replicated (:mod:`causalzoo.inference.sharding`).
+        ``batch_size`` must be a multiple of their number. The minibatches and ELBO noise are
+        those of a one-device fit with the same seed, so the losses agree with it up to the
+        order of floating-point sums (not bit for bit). A checkpoint may be resumed on
+        another number of devices.
 
     Returns
     -------
@@ -346,8 +360,24 @@ def fit_svi(
     >>> round(float(res.params["m"]), 1)
     3.0
     """
-    n_cells = _validate(data, batch_size, max_steps, learning_rate,
-                        check_learning_rate=optimizer is None)
+    from ..data.streaming import CellSource  # the data layer never imports the engine
+
+    source = data if isinstance(data, CellSource) else None
+    if source is not None:
+        # Each call's minibatches come from one chunk of ``rows`` cells.
+        n_cells, rows = source.n_cells, source.chunk_cells
+        if _is_int(batch_size) and batch_size > rows:
+            raise CausalZooError(
+                f"batch_size={batch_size} is larger than the streamed chunks of {rows} cells: "
+                f"pass batch_size<={rows}, or a source with chunk_cells>={batch_size}."
+            )
+        _validate({"chunk": np.empty((rows, 0), np.float32)}, batch_size, max_steps,
+                  learning_rate, check_learning_rate=optimizer is None)
+    else:
+        n_cells = rows = _validate(data, batch_size, max_steps, learning_rate,
+                                   check_learning_rate=optimizer is None)
+    mesh = cell_mesh(devices)
+    check_divisible(batch_size, mesh)
     _validate_reliability(checkpoint_dir, checkpoint_every, resume, on_nonfinite,
                           checkpoint_meta)
     key = as_key(seed)
@@ -359,10 +389,11 @@ def fit_svi(
             "Pass resume=True to continue that fit, or another (empty) directory to start a "
             "new one; delete the directory to discard it."
         )
-    steps_per_epoch = n_cells // batch_size
+    steps_per_epoch = rows // batch_size
     if steps_per_call is None:
+        default = steps_per_epoch if source is not None else max(50, min(steps_per_epoch, 500))
         steps_per_call = (int(saved[0]["fit"]["steps_per_call"]) if saved else
-                          min(max_steps, max(50, min(steps_per_epoch, 500))))
+                          min(max_steps, default))
     if not _is_int(steps_per_call) or steps_per_call < 1:
         raise CausalZooError(
             f"steps_per_call must be a positive integer; got {steps_per_call!r}."
@@ -372,13 +403,18 @@ def fit_svi(
     steps_per_call = int(steps_per_call)
     if early_stopping is True:
         early_stopping = EarlyStopping()
-    device_data = jax.device_put({k: jnp.asarray(v) for k, v in data.items()})
+    if source is None:
+        device_data = replicate(jax.device_put({k: jnp.asarray(v) for k, v in data.items()}),
+                                mesh)
+        described = {k: [list(v.shape), str(v.dtype)] for k, v in device_data.items()}
+    else:
+        device_data, described = None, source.describe()
     fingerprint = {
         "n_cells": int(n_cells),
         "batch_size": int(batch_size),
         "steps_per_call": steps_per_call,
         "seed": np.asarray(jax.random.key_data(key)).tolist(),
-        "data": {k: [list(v.shape), str(v.dtype)] for k, v in device_data.items()},
+        "data": described,
         "learning_rate": None if optimizer else float(learning_rate),
         "description": description,
         "checkpoint_meta": json.loads(json.dumps(checkpoint_meta)),
@@ -393,19 +429,33 @@ def fit_svi(
     svi = SVI(model, guide, optimizer, loss, n_cells=n_cells, **static)
 
     key_init, key_run = jax.random.split(key)
-    first = batch_fn(key_init, jnp.arange(batch_size), device_data)
-    # Compiled, initialisation takes a few seconds instead of running the model and guide op
-    # by op (7-15 s cold on 2 cores, benchmarks/README.md).
-    state = jax.jit(partial(svi.init, **first))(
-        key_init, init_params=dict(init_params) if init_params else None
-    )
+    feed = None
+    if source is not None:
+        # Chunk c of the stream is a function of the seed and c only (resume-safe).
+        stream_seed = np.asarray(jax.random.key_data(jax.random.fold_in(key, 0x5EED)))
+        feed = source.feed([int(w) for w in stream_seed.ravel()],
+                           put=lambda chunk: replicate(jax.device_put(chunk), mesh))
+    try:
+        first_data = (device_data if feed is None else
+                      feed.get(int(saved[0]["calls"]) if saved else 0, more=False))
+        first = batch_fn(key_init, jnp.arange(batch_size), first_data)
+        del first_data
+        # Compiled, initialisation takes a few seconds instead of running the model and guide
+        # op by op (7-15 s cold on 2 cores, benchmarks/README.md).
+        state = replicate(jax.jit(partial(svi.init, **first))(
+            key_init, init_params=dict(init_params) if init_params else None
+        ), mesh)
+    except BaseException:
+        if feed is not None:
+            feed.close()
+        raise
     # Permutations per call: enough epochs to cover steps_per_call batches.
     n_perms = math.ceil(steps_per_call / steps_per_epoch)
 
     def plan(call_key):
         """Minibatch indices and per-step keys of one call: a function of its key only."""
         perm_keys = jax.random.split(call_key, n_perms + 1)
-        perms = jax.vmap(lambda k: jax.random.permutation(k, n_cells))(perm_keys[1:])
+        perms = jax.vmap(lambda k: jax.random.permutation(k, rows))(perm_keys[1:])
         idx = perms[:, : steps_per_epoch * batch_size].reshape(-1, batch_size)[:steps_per_call]
         return idx, jax.random.split(perm_keys[0], steps_per_call)
 
@@ -418,7 +468,8 @@ def fit_svi(
             i, idx_i, key_i = inputs
 
             def step(state):
-                return svi.update(state, **batch_fn(key_i, idx_i, device_data))
+                batch = constrain_batch(batch_fn(key_i, idx_i, device_data), mesh, batch_size)
+                return svi.update(state, **batch)
 
             def skip(state):
                 return state, jnp.asarray(jnp.nan, dtype=jnp.float32)
@@ -429,7 +480,10 @@ def fit_svi(
         state, values = lax.scan(body, state, (jnp.arange(steps_per_call), idx, step_keys))
         return state, values, _params_finite(svi, state)
 
-    run_call = jax.jit(run_call)
+    # With a mesh the state stays replicated: the compiler all-reduces the gradients of the
+    # cell-sharded minibatch.
+    run_call = jax.jit(run_call, out_shardings=None if mesh is None else
+                       NamedSharding(mesh, PartitionSpec()))
 
     losses: list[np.ndarray] = []
     done, call, backoffs = 0, 0, 0
@@ -439,7 +493,7 @@ def fit_svi(
     diagnosis: str | None = None
     if saved:
         meta, arrays = saved
-        state = _restore_state(state, arrays, where)
+        state = replicate(_restore_state(state, arrays, where), mesh)
         losses = [np.asarray(arrays["losses"], np.float32)]
         done, call = int(meta["step"]), int(meta["calls"])
         backoffs = int(meta.get("backoffs", 0))
@@ -470,14 +524,17 @@ def fit_svi(
                disable=not progress, dynamic_ncols=True, leave=True)
     # The start state, key and first step of the call in flight and of the one before: a
     # non-finite step is replayed from them (the state is only seen between calls).
-    segments: list[tuple[int, Any, jax.Array]] = []
+    segments: list[tuple[int, Any, jax.Array, Any]] = []
     try:
         while done < max_steps and not finished:
             n_active = min(steps_per_call, max_steps - done)
             call_key = jax.random.fold_in(key_run, call)
-            segments = [*segments[-1:], (done, state, call_key)]
+            call_data = (device_data if feed is None else
+                         feed.get(call, more=done + n_active < max_steps))
+            segments = [*segments[-1:], (done, state, call_key, call_data)]
             new_state, call_losses, ok = run_call(state, call_key, jnp.int32(n_active),
-                                                  device_data)
+                                                  call_data)
+            del call_data
             call_losses = np.asarray(jax.device_get(call_losses))[:n_active]
             ok = bool(ok)
             if np.isnan(compile_seconds):
@@ -490,16 +547,15 @@ def fit_svi(
                 )
             else:
                 kept, diagnosis, can_back_off = _recover(
-                    svi, run_call, plan, batch_fn, device_data, segments, call_losses,
-                    new_state, n_active,
+                    svi, run_call, plan, batch_fn, segments, call_losses, new_state, n_active,
                 )
-                kept_state = _replay(run_call, segments, device_data, kept)
+                kept_state = _replay(run_call, segments, kept)
                 kept_losses = [np.concatenate([*losses, call_losses])[:kept]]
                 state, losses, done, call = kept_state, kept_losses, kept, call + 1
                 bar.n = done
                 if on_nonfinite == "backoff" and backoffs < _MAX_BACKOFFS and can_back_off:
                     backoffs += 1
-                    state = _scale_steps(state, _BACKOFF_FACTOR)
+                    state = replicate(_scale_steps(state, _BACKOFF_FACTOR), mesh)
                     segments = []
                     diagnosis = (f"{diagnosis} Restarted from step {done} with the learning "
                                  f"rate scaled by {_BACKOFF_FACTOR ** backoffs:g} (back-off "
@@ -542,6 +598,9 @@ def fit_svi(
             write_checkpoint(stop_reason)
     finally:
         bar.close()
+        if feed is not None:
+            feed.close()
+        segments = []
     params = jax.device_get(svi.get_params(state))
     all_losses = np.concatenate(losses) if losses else np.zeros(0, np.float32)
     return FitResult(

@@ -55,7 +55,7 @@ register_model(
         config_class=DynamicalConfig,
         summary="CITE-VAE-style dynamical latent causal model: time-lagged latents with a "
         "learned sparse lag graph, domains shifting the mechanisms of sparse targets "
-        "(sequence mode)",
+        "(sequence mode; snapshot mode in causalzoo.models.dynamical_snapshot)",
         identifiability="time-lagged latents up to permutation and component-wise invertible "
         "maps (injective decoder; noise independent given history and domain; sufficient "
         "variability across domains); z_inv up to a block-invertible map",

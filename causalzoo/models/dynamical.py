@@ -39,9 +39,11 @@ Verify with Spearman MCC against an entangled floor
 (:func:`causalzoo.identifiability.mcc`, :func:`causalzoo.identifiability.entangled_floor`).
 The invariant block ``z_inv`` is claimed only up to a block-invertible map.
 
+Snapshot mode (each cell measured once, at its own time point) is
+:mod:`causalzoo.models.dynamical_snapshot`: the same mechanisms, with cells drawn from the
+population law at their time step.
 Not implemented yet (see ``docs/models/dynamical.md``): the flow-style prior for
-non-Gaussian noise (learned inverse transition plus its Jacobian), domain labels per step,
-snapshot mode (each unit seen once).
+non-Gaussian noise (learned inverse transition plus its Jacobian), domain labels per step.
 
 References
 ----------
@@ -284,13 +286,17 @@ class LaggedTransition(dist.Distribution):
         """Mean of steps ``L..T-1`` given the path, ``(..., T - L, k)``."""
         return self.mean_fn(self.windows(value)) + self.shift[..., None, :]
 
-    def log_prob(self, value):
+    def step_log_prob(self, value):
+        """Log-density of each step given its history, ``(..., T)`` (sums to ``log_prob``)."""
         lags = self.n_lags
         initial_loc = self.shift[..., None, :] if self.initial_shift else 0.0
         initial = dist.Normal(initial_loc, self.initial_scale[..., None, :])
-        initial = initial.log_prob(value[..., :lags, :]).sum((-2, -1))
+        initial = initial.log_prob(value[..., :lags, :]).sum(-1)
         later = dist.Normal(self.transition_loc(value), self.scale[..., None, :])
-        return initial + later.log_prob(value[..., lags:, :]).sum((-2, -1))
+        return jnp.concatenate([initial, later.log_prob(value[..., lags:, :]).sum(-1)], axis=-1)
+
+    def log_prob(self, value):
+        return self.step_log_prob(value).sum(-1)
 
     def sample(self, key, sample_shape=()):
         lags, (n_steps, k) = self.n_lags, self.event_shape
@@ -401,6 +407,24 @@ def transition_mean_fn(config: DynamicalConfig, lag_graph):
     return mlp
 
 
+def global_sites(n_domains: int, config: DynamicalConfig):
+    """The model's global latents: lag graph ``(k, L, k)`` and, per domain and latent, the
+    target indicator, mean shift and log noise-scale shift ``(n_domains, k)``."""
+    k, lags = config.n_latent, config.n_lags
+    with numpyro.plate("latents", k, dim=-1):
+        lag_graph = numpyro.sample(
+            "lag_graph",
+            dist.Bernoulli(probs=jnp.full((lags, k), config.edge_probability)).to_event(2),
+        )
+        with numpyro.plate("domains", n_domains, dim=-2):
+            target = numpyro.sample("target", dist.Bernoulli(probs=config.target_probability))
+            mean_shift = numpyro.sample("mean_shift", dist.Normal(0.0, config.shift_scale))
+            log_scale_shift = numpyro.sample(
+                "log_scale_shift", dist.Normal(0.0, config.log_scale_shift_scale)
+            )
+    return lag_graph, target, mean_shift, log_scale_shift
+
+
 def dynamical_model(
     x=None,
     u=None,
@@ -451,17 +475,7 @@ def dynamical_model(
     n_batch, n_steps, n_features = _shapes(x, u, n_steps, n_features, n_domains)
     lik = config.likelihood_block
     k, k_inv, lags = config.n_latent, config.n_latent_invariant, config.n_lags
-    with numpyro.plate("latents", k, dim=-1):
-        lag_graph = numpyro.sample(
-            "lag_graph",
-            dist.Bernoulli(probs=jnp.full((lags, k), config.edge_probability)).to_event(2),
-        )
-        with numpyro.plate("domains", n_domains, dim=-2):
-            target = numpyro.sample("target", dist.Bernoulli(probs=config.target_probability))
-            mean_shift = numpyro.sample("mean_shift", dist.Normal(0.0, config.shift_scale))
-            log_scale_shift = numpyro.sample(
-                "log_scale_shift", dist.Normal(0.0, config.log_scale_shift_scale)
-            )
+    lag_graph, target, mean_shift, log_scale_shift = global_sites(n_domains, config)
     log_sigma = numpyro.param("log_transition_scale", jnp.zeros(k))
     mean_fn = transition_mean_fn(config, lag_graph)
     decoder = attach(

@@ -10,7 +10,14 @@ from ._caring import caring
 from ._citris import citris_temporal
 from ._ivae import IVAEData, ivae, ivae_mixing
 from ._sparse import SparsePerturbationData, sparse_perturbation
-from ._temporal import TemporalData, leap_nonstationary, tdrl_changing
+from ._temporal import (
+    TemporalData,
+    TemporalSnapshot,
+    leap_nonstationary,
+    snapshot,
+    tdrl_changing,
+)
 
 __all__ = ["IVAEData", "ivae", "ivae_mixing", "SparsePerturbationData", "sparse_perturbation",
-           "TemporalData", "leap_nonstationary", "tdrl_changing", "caring", "citris_temporal"]
+           "TemporalData", "TemporalSnapshot", "snapshot", "leap_nonstationary",
+           "tdrl_changing", "caring", "citris_temporal"]

@@ -14,7 +14,8 @@ from ..._errors import CausalZooError
 from ._checks import check_float as _check_float
 from ._checks import check_int as _check_int
 
-__all__ = ["TemporalData", "leap_nonstationary", "tdrl_changing"]
+__all__ = ["TemporalData", "TemporalSnapshot", "leap_nonstationary", "snapshot",
+           "tdrl_changing"]
 
 LEAKY_SLOPE = 0.2
 
@@ -107,6 +108,65 @@ class TemporalData:
         out = apply_mlp(z[..., :n_obs], self.mixing)
         lift = self.info.get("lift")
         return out @ lift if lift is not None else out
+
+
+@dataclass(frozen=True, eq=False)
+class TemporalSnapshot:
+    """A temporal data set seen as snapshots: each unit measured once, at one step.
+
+    Attributes
+    ----------
+    x : numpy.ndarray, (n_units, n_features) float32
+        The unit's observation at its step.
+    z : numpy.ndarray, (n_units, n_latent) float32
+        The true latents at that step.
+    step : numpy.ndarray, (n_units,) int64
+        The step each unit was measured at (its time point).
+    u : numpy.ndarray
+        The source's auxiliary variable of each unit at its step (the domain for LEAP, TDRL
+        and CaRiNG).
+    source : TemporalData
+        The full sequences (for comparing with sequence mode).
+    """
+
+    x: np.ndarray
+    z: np.ndarray
+    step: np.ndarray
+    u: np.ndarray
+    source: TemporalData = field(repr=False)
+
+
+def snapshot(data: TemporalData, *, seed: int = 0, min_step: int = 0) -> TemporalSnapshot:
+    """Keep one uniformly random step of each unit, as in a single-cell time course.
+
+    Sequencing destroys a cell, so each cell is seen once; this turns any temporal generator
+    into that design, with the ground truth at the kept step.
+
+    Parameters
+    ----------
+    data : TemporalData
+        Output of a temporal generator.
+    seed : int
+        Seed of the step draws.
+    min_step : int
+        Smallest step kept (e.g. ``data.n_lags`` to skip the initial history).
+
+    Examples
+    --------
+    >>> snap = snapshot(leap_nonstationary(n_domains=3, n_per_domain=10, n_latent=4), seed=0)
+    >>> snap.x.shape, snap.z.shape, snap.step.shape
+    ((30, 4), (30, 4), (30,))
+    """
+    n_units, n_steps = data.x.shape[:2]
+    low = _check_int("min_step", min_step, 0)
+    if low >= n_steps:
+        raise CausalZooError(f"min_step={min_step} but the sequences have {n_steps} steps.")
+    rng = np.random.default_rng(_check_int("seed", seed, 0))
+    step = rng.integers(low, n_steps, size=n_units)
+    rows = np.arange(n_units)
+    u = data.u[rows, step] if np.ndim(data.u) == 3 else data.u
+    return TemporalSnapshot(x=data.x[rows, step], z=data.z[rows, step], step=step, u=u,
+                            source=data)
 
 
 def _lag_matrices(rng: np.random.Generator, d: int, n_lags: int, density: float) -> np.ndarray:

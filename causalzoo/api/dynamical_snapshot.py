@@ -1,0 +1,650 @@
+"""Snapshot mode of ``DynamicalCausalVAE``: single-cell time courses, each cell seen once.
+
+Plumbing over :mod:`causalzoo.models.dynamical_snapshot`. :meth:`SnapshotDynamicalCausalVAE.
+setup_anndata` (also reachable as ``cz.DynamicalCausalVAE.setup_anndata``) validates the time
+and perturbation columns and fixes the time grid; ``cz.DynamicalCausalVAE(adata, **config)``
+then builds a :class:`SnapshotDynamicalCausalVAE`. It fits with cells as the minibatch axis,
+embeds cells (their latent state at their time point), predicts the expression of any
+perturbation at any grid time point, and saves as plain data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+from numpyro import handlers
+from numpyro.infer import Predictive
+
+from .. import _io
+from .._errors import CausalZooError
+from ..data.anndata import densify, get_counts
+from ..data.validation import (
+    check_count_matrix,
+    check_nonempty,
+    check_obs_keys,
+    check_perturbation_column,
+    check_time_column,
+)
+from ..models.dynamical import DynamicalConfig, global_guide
+from ..models.dynamical_snapshot import path_length, snapshot_guide, snapshot_model
+from ._common import package_version as _version
+from .dynamical import MODEL_NAME, DynamicalCausalVAE
+
+__all__ = ["SnapshotDynamicalCausalVAE", "SnapshotRegistry"]
+
+_SETUP_KEY = "setup_dynamical_snapshot"
+_CHUNK = 1024
+_PAD = 256
+_MAX_GRID = 1000
+_SINGLE_DOMAIN = "all"
+
+
+@dataclass(frozen=True)
+class SnapshotRegistry:
+    """Where :meth:`SnapshotDynamicalCausalVAE.setup_anndata` found the data (JSON-able).
+
+    Attributes
+    ----------
+    layer : str or None
+        Layer with the expression values (``None``: ``adata.X``).
+    time_key : str
+        ``obs`` column of time points.
+    perturbation_key : str or None
+        ``obs`` column of perturbation / domain labels (``None``: one domain).
+    domain_names : list of str
+        The perturbation vocabulary, in code order.
+    control : str or None
+        The label whose mechanisms are the base ones (no shifts).
+    time_origin : float
+        Time of step 0.
+    time_step : float or None
+        Time between grid steps; ``None``: the distinct training times, in order, are the steps.
+    time_values : list of float
+        Time of each grid step seen in training (the grid is ``0..len(time_values)-1``).
+    feature_names : list of str
+        ``var_names`` at set-up.
+    count_data : bool
+        Whether the values are counts (for count likelihoods).
+    """
+
+    layer: str | None
+    time_key: str
+    perturbation_key: str | None
+    domain_names: list[str]
+    control: str | None
+    time_origin: float
+    time_step: float | None
+    time_values: list[float]
+    feature_names: list[str]
+    count_data: bool
+
+    @property
+    def n_times(self) -> int:
+        return len(self.time_values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d) -> SnapshotRegistry:
+        def opt(v, kind):
+            return None if v in (None, "") else kind(v)
+
+        return cls(
+            layer=opt(d["layer"], str),
+            time_key=str(d["time_key"]),
+            perturbation_key=opt(d["perturbation_key"], str),
+            domain_names=[str(c) for c in d["domain_names"]],
+            control=opt(d["control"], str),
+            time_origin=float(d["time_origin"]),
+            time_step=opt(d["time_step"], float),
+            time_values=[float(t) for t in d["time_values"]],
+            feature_names=[str(f) for f in d["feature_names"]],
+            count_data=bool(d["count_data"]),
+        )
+
+    def steps_of(self, times: np.ndarray, *, extrapolate: bool = False) -> np.ndarray:
+        """Grid steps of time points; a time off the grid is a :class:`CausalZooError`."""
+        times = np.asarray(times, np.float64)
+        if self.time_step is None:
+            grid = np.asarray(self.time_values)
+            steps = np.searchsorted(grid, times).clip(0, len(grid) - 1)
+            off = ~np.isclose(grid[steps], times)
+            fix = ("set up with time_step=<the time between grid steps> to allow other time "
+                   "points (e.g. extrapolation)")
+        else:
+            raw = (times - self.time_origin) / self.time_step
+            steps = np.rint(raw).astype(np.int64)
+            off = ~np.isclose(raw, steps, atol=1e-6) | (steps < 0)
+            if not extrapolate:
+                off |= steps >= self.n_times
+            fix = (f"time points are {self.time_origin:g} + k * {self.time_step:g} for integers "
+                   "k >= 0")
+        if off.any():
+            bad = times[np.flatnonzero(off)[0]]
+            raise CausalZooError(
+                f"Time point {bad:g} is not on the model's time grid {self._grid_text()}; {fix}."
+            )
+        return steps.astype(np.int32)
+
+    def time_of(self, steps: np.ndarray) -> np.ndarray:
+        """Time points of grid steps (steps past the training grid need ``time_step``)."""
+        steps = np.asarray(steps)
+        if self.time_step is not None:
+            return self.time_origin + steps * self.time_step
+        return np.asarray(self.time_values, np.float64)[steps]
+
+    def _grid_text(self) -> str:
+        shown = ", ".join(f"{t:g}" for t in self.time_values[:8])
+        return f"[{shown}{', ...' if self.n_times > 8 else ''}]"
+
+    def codes_of(self, labels) -> np.ndarray:
+        """Integer codes of perturbation labels; unknown labels are a CausalZooError."""
+        labels = np.asarray([str(v) for v in labels], dtype=object)
+        lookup = {n: i for i, n in enumerate(self.domain_names)}
+        unknown = sorted({v for v in labels if v not in lookup})
+        if unknown:
+            where = (f"adata.obs[{self.perturbation_key!r}]" if self.perturbation_key
+                     else "the perturbation")
+            raise CausalZooError(
+                f"Unknown perturbation value(s) {unknown[:5]} in {where}; the model knows "
+                f"{self.domain_names[:20]}. A perturbation never seen in training has no "
+                "learned mechanism: predict one of the known values."
+            )
+        return np.fromiter((lookup[v] for v in labels), np.int32, count=labels.size)
+
+
+def _time_grid(times: np.ndarray, time_step) -> tuple[float, float | None, list[float]]:
+    origin = float(times.min())
+    if time_step is None:
+        return origin, None, [float(t) for t in np.unique(times)]
+    if isinstance(time_step, bool) or not isinstance(time_step, (int, float)) or not (
+        np.isfinite(time_step) and time_step > 0
+    ):
+        raise CausalZooError(f"time_step must be a positive number; got {time_step!r}.")
+    raw = (times - origin) / time_step
+    off = ~np.isclose(raw, np.rint(raw), atol=1e-6)
+    if off.any():
+        raise CausalZooError(
+            f"Time point {times[np.flatnonzero(off)[0]]:g} is not {origin:g} + k * "
+            f"{time_step:g} for an integer k; pick a time_step that divides every gap between "
+            "time points, or leave time_step=None (each distinct time point is one step)."
+        )
+    n = int(np.rint(raw).max()) + 1
+    if n > _MAX_GRID:
+        raise CausalZooError(
+            f"time_step={time_step:g} makes a grid of {n} steps (more than {_MAX_GRID}); use "
+            "a coarser time_step."
+        )
+    return origin, float(time_step), [origin + i * float(time_step) for i in range(n)]
+
+
+def _expression(adata, registry: SnapshotRegistry) -> np.ndarray:
+    names = [str(v) for v in adata.var_names]
+    if names != registry.feature_names:
+        missing = sorted(set(registry.feature_names) - set(names))
+        raise CausalZooError(
+            "The AnnData's var_names differ from the ones the model was set up with "
+            f"(missing: {missing[:5]}); subset and order it as the training data "
+            "(adata[:, model.registry.feature_names])."
+        )
+    matrix = get_counts(adata, registry.layer)
+    where = "adata.X" if registry.layer is None else f"adata.layers[{registry.layer!r}]"
+    if registry.count_data:
+        check_count_matrix(matrix, count_data=True, where=where,
+                           available_layers=list(adata.layers.keys()),
+                           obs_names=adata.obs_names, var_names=adata.var_names)
+    x = densify(matrix, np.float32)
+    if not np.isfinite(x).all():
+        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise CausalZooError(
+            f"{where} contains NaN or infinite values (first in cell {row}, "
+            f"{adata.obs_names[row]!r}); expression values must be finite."
+        )
+    return x
+
+
+class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
+    """The dynamical latent causal model on a single-cell time course (snapshot mode).
+
+    Each cell is measured once, at its own time point, as a draw from the population of its
+    perturbation at that time; the population's latent trajectory is what is inferred. The
+    generative story is in :mod:`causalzoo.models.dynamical_snapshot`. Build it with
+    ``cz.DynamicalCausalVAE(adata, **config)`` after :meth:`setup_anndata`; the lag graph
+    and perturbation targets are read as in sequence mode (:meth:`lag_graph`,
+    :meth:`perturbation_targets`).
+
+    Parameters
+    ----------
+    adata : anndata.AnnData
+        Data registered with :meth:`setup_anndata`.
+    **config_kwargs
+        Hyper-parameters of :class:`~causalzoo.models.dynamical.DynamicalConfig`.
+
+    Examples
+    --------
+    >>> import anndata, numpy as np, pandas as pd, causalzoo as cz
+    >>> rng = np.random.default_rng(0)
+    >>> obs = pd.DataFrame({"hours": np.repeat([0, 24, 48], 20),
+    ...                     "medium": np.repeat(["GM", "DM", "DM"], 20)},
+    ...                    index=[f"c{i}" for i in range(60)])
+    >>> adata = anndata.AnnData(rng.random((60, 8)).astype(np.float32), obs=obs)
+    >>> _ = cz.DynamicalCausalVAE.setup_anndata(adata, time_key="hours",
+    ...                                         perturbation_key="medium", control="GM")
+    >>> m = cz.DynamicalCausalVAE(adata, n_latent=2)
+    >>> type(m).__name__, m.n_times
+    ('SnapshotDynamicalCausalVAE', 3)
+    >>> m.fit(max_steps=50, batch_size=30, progress=False)  # doctest: +SKIP
+    >>> m.predict("GM", time=48, n_samples=10)  # doctest: +SKIP
+    """
+
+    def __init__(self, adata, **config_kwargs):
+        registry = self._registry_of(adata)
+        self.config = DynamicalConfig(**config_kwargs)
+        lik = self.config.likelihood_block
+        if lik.count_data and not registry.count_data:
+            raise CausalZooError(
+                f"likelihood={lik.name!r} models counts but the data were set up with "
+                "count_data=False; use likelihood='gaussian' (e.g. on log1p values), or set "
+                "up raw counts with count_data=True."
+            )
+        self.registry = registry
+        self._attach(adata)
+        self.params: dict[str, Any] | None = None
+        self.history: dict[str, np.ndarray] = {}
+        self.fit_info: dict[str, Any] = {}
+
+    def _attach(self, adata) -> None:
+        reg = self.registry
+        self.adata = adata
+        self.x = _expression(adata, reg)
+        self.time = check_time_column(adata, reg.time_key)
+        self.time_index = reg.steps_of(self.time)
+        if reg.perturbation_key is None:
+            self.u = np.zeros(adata.n_obs, np.int32)
+        else:
+            check_obs_keys(adata, [reg.perturbation_key], role="perturbation_key")
+            check_perturbation_column(adata, reg.perturbation_key)
+            self.u = reg.codes_of(adata.obs[reg.perturbation_key].to_numpy())
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata,
+        *,
+        time_key: str = "time",
+        perturbation_key: str | None = None,
+        layer: str | None = None,
+        control: str | None = None,
+        time_step: float | None = None,
+        count_data: bool = False,
+    ) -> SnapshotRegistry:
+        """Register a single-cell time course: time points, perturbations, expression.
+
+        Every check runs here, before any compilation.
+
+        Parameters
+        ----------
+        adata : anndata.AnnData
+            Cells x genes, one measurement per cell. Only ``adata.uns["causalzoo"]`` is
+            written.
+        time_key : str
+            ``obs`` column of time points: numbers >= 0 (e.g. hours), no missing values.
+        perturbation_key : str, optional
+            ``obs`` column of perturbation / environment labels; each acts on the mechanisms
+            of the cell's whole path. ``None``: one domain.
+        layer : str, optional
+            Layer with the expression values (default ``adata.X``). For FPKM/TPM-like data,
+            store ``log1p`` values and use the Gaussian likelihood.
+        control : str, optional
+            The label whose mechanisms are the base ones (no shifts), e.g. the untreated
+            medium. Without one every label has its own (sparse) shifts.
+        time_step : float, optional
+            Time between grid steps (every time point must be ``min + k * time_step``);
+            allows predicting at grid times beyond the training ones. Default: each distinct
+            time point is one step.
+        count_data : bool
+            The values are raw counts (for ``likelihood="nb"``, ``"zinb"``, ``"poisson"``).
+
+        Returns
+        -------
+        SnapshotRegistry
+        """
+        if getattr(adata, "is_view", False):
+            raise CausalZooError(
+                "setup_anndata writes adata.uns, which a view cannot hold; pass adata.copy()."
+            )
+        check_nonempty(adata)
+        times = check_time_column(adata, time_key)
+        origin, step, values = _time_grid(times, time_step)
+        if perturbation_key is None:
+            domains = [_SINGLE_DOMAIN]
+        else:
+            if not isinstance(perturbation_key, str):
+                raise CausalZooError(
+                    f"perturbation_key={perturbation_key!r} must be a string (an obs column)."
+                )
+            check_obs_keys(adata, [perturbation_key], role="perturbation_key")
+            check_perturbation_column(adata, perturbation_key)
+            column = adata.obs[perturbation_key]
+            if isinstance(column.dtype, pd.CategoricalDtype):
+                domains = [str(c) for c in column.cat.categories if (column == c).any()]
+            else:
+                domains = sorted({str(v) for v in column})
+        if control is not None and str(control) not in domains:
+            raise CausalZooError(
+                f"control={control!r} is not a value of "
+                f"{'the perturbation column' if perturbation_key else 'any cell'}; values: "
+                f"{domains[:20]}. Pass the label of the untreated condition, or control=None."
+            )
+        registry = SnapshotRegistry(
+            layer=layer,
+            time_key=time_key,
+            perturbation_key=perturbation_key,
+            domain_names=domains,
+            control=None if control is None else str(control),
+            time_origin=origin,
+            time_step=step,
+            time_values=values,
+            feature_names=[str(v) for v in adata.var_names],
+            count_data=bool(count_data),
+        )
+        _expression(adata, registry)  # validates the values
+        store = dict(adata.uns.get("causalzoo", {}))
+        store[_SETUP_KEY] = registry.to_dict()
+        adata.uns["causalzoo"] = store
+        return registry
+
+    @staticmethod
+    def _registry_of(adata) -> SnapshotRegistry:
+        store = adata.uns.get("causalzoo", {}) if hasattr(adata, "uns") else {}
+        if _SETUP_KEY not in store:
+            raise CausalZooError(
+                "This AnnData has not been set up for the dynamical model's snapshot mode: "
+                "call cz.DynamicalCausalVAE.setup_anndata(adata, time_key=..., "
+                "perturbation_key=...) first."
+            )
+        return SnapshotRegistry.from_dict(store[_SETUP_KEY])
+
+    # ------------------------------------------------------------------ fitting
+    @property
+    def domain_names(self) -> list[str]:
+        return self.registry.domain_names
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.registry.feature_names
+
+    @property
+    def n_times(self) -> int:
+        return self.registry.n_times
+
+    @property
+    def control_domain(self) -> int | None:
+        reg = self.registry
+        return None if reg.control is None else reg.domain_names.index(reg.control)
+
+    def _static_kwargs(self) -> dict[str, Any]:
+        return {"config": self.config, "n_domains": self.n_domains, "n_times": self.n_times,
+                "control_domain": self.control_domain}
+
+    def _program(self):
+        return snapshot_model, snapshot_guide
+
+    def _fit_data(self) -> dict[str, np.ndarray]:
+        if self.x is None:
+            raise CausalZooError(
+                "This model was loaded without data: load it with cz.load(path, adata=...) to "
+                "fit it further."
+            )
+        data = {"x": self.x, "u": self.u, "time_index": self.time_index}
+        if self.config.likelihood_block.uses_library:
+            data["library_size"] = np.maximum(self.x.sum(-1), 1.0)
+        return data
+
+    # ------------------------------------------------------------------ posterior
+    def _encoder(self):
+        cache = self.__dict__.setdefault("_compiled_fns", {})
+        if "encode_snapshot" not in cache:
+            kwargs = self._static_kwargs()
+
+            def encode(params, x, time_index):
+                guide = handlers.substitute(handlers.seed(snapshot_guide, 0), params)
+                u = jnp.zeros(x.shape[0], jnp.int32)  # the guide's z does not depend on u
+                tr = handlers.trace(guide).get_trace(x=x, u=u, time_index=time_index, **kwargs)
+                z = tr["z"]["fn"].base_dist.loc
+                z_inv = tr["z_inv"]["fn"].base_dist.loc if "z_inv" in tr else z[:, :0]
+                return z, z_inv
+
+            cache["encode_snapshot"] = jax.jit(encode)
+        return cache["encode_snapshot"]
+
+    def get_latent_representation(
+        self,
+        adata=None,
+        *,
+        block: str = "dynamic",
+    ) -> np.ndarray:
+        """Posterior means of the latents of cells.
+
+        The encoder sees the expression only, so the time column is checked but not used.
+
+        Parameters
+        ----------
+        adata : anndata.AnnData, optional
+            Cells to embed (default: the training cells); needs the set-up genes and a time
+            column with grid time points.
+        block : {"dynamic", "invariant"}
+            ``"dynamic"``: the causal latents at the cell's time point ``(cells, n_latent)``;
+            ``"invariant"``: ``z_inv`` ``(cells, n_latent_invariant)``.
+        """
+        self._require_fit()
+        if block not in ("dynamic", "invariant"):
+            raise CausalZooError(f"block={block!r}: use 'dynamic' or 'invariant'.")
+        if adata is None:
+            if self.x is None:
+                raise CausalZooError(
+                    "This model was loaded without data: pass the cells to embed, "
+                    "get_latent_representation(adata)."
+                )
+            x, steps = self.x, self.time_index
+        else:
+            x = _expression(adata, self.registry)
+            steps = self.registry.steps_of(check_time_column(adata, self.registry.time_key))
+        encode = self._encoder()
+        n = x.shape[0]
+        chunk = min(_CHUNK, n)
+        outs = []
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            pad = chunk - (stop - start)
+            z, z_inv = encode(self.params, jnp.asarray(np.pad(x[start:stop], ((0, pad), (0, 0)))),
+                              jnp.asarray(np.pad(steps[start:stop], (0, pad))))
+            outs.append(np.asarray(z if block == "dynamic" else z_inv)[: stop - start])
+        return np.concatenate(outs)
+
+    def perturbation_targets(self) -> pd.DataFrame:
+        """Posterior probability that each perturbation changes the mechanism of each latent
+        (0 for the control, whose mechanisms are the base ones)."""
+        out = super().perturbation_targets()
+        if self.registry.control is not None:
+            out.loc[self.registry.control] = 0.0
+        return out
+
+    # ------------------------------------------------------------------ prediction
+    def _simulator(self, n_times: int):
+        cache = self.__dict__.setdefault("_compiled_fns", {})
+        name = f"simulate_{n_times}"
+        if name not in cache:
+            config, n_domains = self.config, self.n_domains
+            kwargs = {**self._static_kwargs(), "n_times": n_times,
+                      "n_features": len(self.feature_names)}
+
+            def simulate(params, key, u, time_index, library_size):
+                key_globals, key_cells = jax.random.split(key)
+                draws = Predictive(
+                    partial(global_guide, n_domains, config=config), params=params,
+                    num_samples=u.shape[0],
+                )(key_globals)
+
+                def one(key, draw, u, t, lib):
+                    model = handlers.substitute(handlers.condition(snapshot_model, draw), params)
+                    tr = handlers.trace(handlers.seed(model, key)).get_trace(
+                        u=u[None], time_index=t[None], library_size=lib[None], **kwargs
+                    )
+                    return tr["x"]["value"][0], tr["z"]["value"][0]
+
+                keys = jax.random.split(key_cells, u.shape[0])
+                return jax.vmap(one)(keys, draws, u, time_index, library_size)
+
+            cache[name] = jax.jit(simulate)
+        return cache[name]
+
+    def predict(
+        self,
+        perturbation: str | list[str],
+        time: float | list[float],
+        n_samples: int = 100,
+        *,
+        seed: int = 0,
+    ):
+        """Sample the expression distribution of perturbations at time points.
+
+        Every pair of ``perturbation`` and ``time`` is predicted, seen together in training
+        or not: each sample draws the global latents from the posterior (lag graph, targets,
+        shifts), ``z_inv`` from its prior, ``z`` from the population law of that
+        perturbation at the time's grid step (the particle paths propagated through its
+        mechanisms), and the expression from the likelihood.
+
+        Parameters
+        ----------
+        perturbation : str or list of str
+            Known perturbation labels (``"all"`` when set up without a perturbation key).
+        time : float or list of float
+            Time points on the grid; with ``time_step`` set up, grid times beyond the training
+            ones extrapolate the dynamics.
+        n_samples : int
+            Cells per (perturbation, time) pair.
+        seed : int
+            Seed of the draws.
+
+        Returns
+        -------
+        anndata.AnnData
+            ``X``: the sampled expression; ``obs``: ``perturbation``, ``time``, ``step``;
+            ``obsm["z"]``: the latent state at the time point.
+        """
+        import anndata
+
+        self._require_fit()
+        perts = [perturbation] if isinstance(perturbation, str) else list(perturbation)
+        times = np.atleast_1d(np.asarray(time, dtype=object))
+        if not perts or times.size == 0:
+            raise CausalZooError("predict needs at least one perturbation and one time point.")
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or (
+            n_samples < 1
+        ):
+            raise CausalZooError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        if not all(isinstance(v, (int, float, np.integer, np.floating))
+                   and not isinstance(v, (bool, np.bool_)) for v in times):
+            raise CausalZooError(
+                f"time must be a number or a list of numbers (e.g. hours); got {time!r}."
+            )
+        times = times.astype(np.float64)
+        if not np.isfinite(times).all():
+            raise CausalZooError(f"time points must be finite; got {time!r}.")
+        codes = self.registry.codes_of(perts)
+        steps = self.registry.steps_of(times, extrapolate=True)
+        u = np.repeat(np.repeat(codes, times.size), n_samples)
+        t = np.tile(np.repeat(steps, n_samples), len(perts))
+        rng = np.random.default_rng(seed)
+        if self.config.likelihood_block.uses_library:
+            if self.x is None:
+                raise CausalZooError(
+                    "Count predictions draw library sizes from the training cells: load the "
+                    "model with cz.load(path, adata=...)."
+                )
+            lib = rng.choice(np.maximum(self.x.sum(-1), 1.0), size=u.size).astype(np.float32)
+        else:
+            lib = np.ones(u.size, np.float32)
+        n_grid = path_length(max(self.n_times, int(steps.max()) + 1), self.config.n_lags)
+        pad = -u.size % _PAD
+
+        def padded(a):
+            return np.pad(a, (0, pad), mode="edge")
+
+        x, z = self._simulator(n_grid)(self.params, jax.random.key(seed), padded(u),
+                                       padded(t), padded(lib))
+        x, z_now = np.asarray(x)[: u.size], np.asarray(z)[: u.size]
+        grid = self.registry.time_of(t)
+        obs = pd.DataFrame(
+            {"perturbation": pd.Categorical(np.asarray(self.domain_names)[u],
+                                            categories=self.domain_names),
+             "time": grid.astype(np.float64), "step": t.astype(np.int64)},
+            index=[f"pred{i}" for i in range(u.size)],
+        )
+        var = pd.DataFrame(index=list(self.feature_names))
+        out = anndata.AnnData(X=x.astype(np.float32), obs=obs, var=var)
+        out.obsm["z"] = z_now.astype(np.float32)
+        out.uns["causalzoo"] = {"model": MODEL_NAME, "mode": "snapshot", "seed": int(seed)}
+        return out
+
+    def to_datatree(self, *args, **kwargs):
+        """Not implemented for snapshot mode yet (the ArviZ converter knows sequence mode)."""
+        raise CausalZooError(
+            "to_datatree() supports the sequence mode of DynamicalCausalVAE only; for snapshot "
+            "mode use get_latent_representation(), predict() and perturbation_targets()."
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Save configuration, registry and parameters as plain data (JSON + npz; no
+        pickle). The cells are not saved."""
+        self._require_fit()
+        arrays, paths = _io.flatten_params(self.params)
+        meta = {
+            "format_version": _io.FORMAT_VERSION,
+            "causalzoo_version": _version(),
+            "model": MODEL_NAME,
+            "mode": "snapshot",
+            "config": self.config.to_dict(),
+            "registry": self.registry.to_dict(),
+            "param_paths": paths,
+            "fit_info": self.fit_info,
+        }
+        return _io.write_model_dir(
+            path, meta, {"params": arrays, "history": dict(self.history)}, overwrite=overwrite
+        )
+
+    @classmethod
+    def _from_saved(cls, meta, arrays, adata=None, networks=None) -> SnapshotDynamicalCausalVAE:
+        self = object.__new__(cls)
+        self.config = DynamicalConfig.from_dict(meta["config"], networks=networks)
+        self.registry = SnapshotRegistry.from_dict(meta["registry"])
+        self.adata, self.x, self.u, self.time, self.time_index = None, None, None, None, None
+        if adata is not None:
+            self._attach(adata)
+        self.params = _io.unflatten_params(arrays["params"], meta["param_paths"])
+        self.history = dict(arrays["history"])
+        self.fit_info = dict(meta.get("fit_info", {}))
+        return self
+
+    def __repr__(self) -> str:
+        c = self.config
+        state = (f"fitted, {self.fit_info.get('n_steps', 0)} steps" if self.is_fitted
+                 else "not fitted")
+        times = ", ".join(f"{t:g}" for t in self.registry.time_values[:6])
+        return (
+            f"DynamicalCausalVAE(snapshot, n_latent={c.n_latent}, n_latent_invariant="
+            f"{c.n_latent_invariant}, n_lags={c.n_lags}, transition={c.transition!r}, "
+            f"likelihood={c.likelihood_block.name!r}, domains={self.n_domains}, "
+            f"times=[{times}], features={len(self.feature_names)}; {state})"
+        )

@@ -1,0 +1,306 @@
+"""The dynamical latent causal model in snapshot mode: each cell is measured once.
+
+Sequencing destroys a cell, so a single-cell time course holds, at each time point, a fresh
+sample of cells from a population whose latent causal variables evolve under the
+mechanisms of :mod:`causalzoo.models.dynamical`. Time points are mapped to steps ``0..S-1``
+of a grid (one transition per grid step). The path of a cell before its measurement is never
+seen, so it is integrated out: the population of domain ``u`` at step ``s`` is the law of
+``z_s`` under the lagged transition started from ``N(0, I)``, and each cell measured at
+step ``s`` is one draw from it. Generative story, for cell ``n`` with perturbation / domain
+``u_n`` and step ``s_n``::
+
+    G, target, mean_shift, log_scale_shift   # globals, as in sequence mode
+    population of domain u (a path of the process, marginally):
+        z_t ~ Normal(0, I_k)                                          t < L
+        z_t,i = f_i(G_i * z_{t-L..t-1}) + a_u target_{u,i} mean_shift_{u,i}
+                + sigma_i exp(a_u target_{u,i} log_scale_shift_{u,i}) eps    t >= L
+    for each cell n:                         # plate "cells"
+        z_inv,n ~ Normal(0, I_{k_inv})
+        z_n     ~ p_{u_n}(z_{s_n})           # the population's law at the cell's step
+        x_n     ~ p(x | g(z_inv,n, z_n))
+
+``a_u`` is 0 for the control domain (its mechanisms are the base ones) and 1 otherwise. The
+perturbation acts on every transition, so it changes the population at each later step;
+with ``modulate_history=False`` (default) the initial population does not depend on it.
+
+**The population law** has no closed form for nonlinear mechanisms. It is represented by a
+cloud of ``P`` particle paths per domain driven by *fixed* standard-normal draws (a
+quadrature rule, the same in every call, so the model stays a deterministic density):
+``p_u(z_s) = 1/P sum_p N(z_s; f(window of particle p before s) + shift_u, scale_u^2)``, a
+Gaussian mixture that is exact for ``s < L + 1`` and converges to the law as ``P`` grows.
+Gradients flow through the particles to the mechanisms, the lag graph and the shifts: the
+population trajectory is what the time points constrain. Each cell's latent path up to its
+time is thereby inferred as a population quantity (``predict`` samples it), not per cell.
+
+Guide: amortised over cells, ``q(z_n | x_n)`` and ``q(z_inv | x_n)`` (the encoder sees the
+expression only, so new cells embed without labels); the global factors are those of
+sequence mode.
+
+**Identifiability.** Weaker than sequence mode: the pairing of states across time is lost.
+The prior of ``z_n`` varies with (domain, step), as an iVAE prior varies with its auxiliary
+variable, but it is a mixture, not a factorised exponential family, so no theorem of the
+zoo's references covers it; measure it (``benchmarks/recovery_dynamical.py --snapshot``
+reports Spearman MCC beside the entangled floor and beside sequence mode).
+
+References
+----------
+- Jiang et al., *CITE-VAE*, arXiv:2605.25581 (snapshot data are part of its scope; the
+  equations here are a reconstruction).
+- Yao et al., LEAP (ICLR 2022) and TDRL (NeurIPS 2022) for the transition prior.
+- Khemakhem et al., iVAE (AISTATS 2020) for priors conditioned on an auxiliary variable.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+
+from .._errors import CausalZooError
+from ..blocks.nn import attach
+from .dynamical import (
+    DEFAULT_CONFIG,
+    DynamicalConfig,
+    _gaussian_encoder,
+    _scaled,
+    encoder_input,
+    global_guide,
+    global_sites,
+    transition_mean_fn,
+)
+
+__all__ = [
+    "path_length",
+    "population_marginal",
+    "population_particles",
+    "snapshot_guide",
+    "snapshot_model",
+]
+
+N_PARTICLES = 256
+_QUADRATURE_SEED = 0
+
+
+def path_length(n_times: int, n_lags: int) -> int:
+    """Steps of the population paths: the time grid, and at least ``n_lags + 1``."""
+    return max(int(n_times), int(n_lags) + 1)
+
+
+def quadrature_noise(n_particles: int, n_steps: int, n_latent: int):
+    """The fixed standard-normal draws ``(P, n_steps, k)`` that drive the particle paths."""
+    return jax.random.normal(jax.random.key(_QUADRATURE_SEED), (n_particles, n_steps, n_latent))
+
+
+def population_particles(mean_fn, shift, scale, initial_scale, *, initial_shift: bool,
+                         n_steps: int, n_lags: int, noise):
+    """Propagate a fixed particle cloud through each domain's transitions.
+
+    Parameters
+    ----------
+    mean_fn : callable
+        The transition mean, ``(..., L, k) -> (..., k)``.
+    shift, scale, initial_scale : arrays (D, k)
+        Per-domain mean shift, transition noise scale and initial-state scale.
+    noise : array (P, n_steps, k)
+        Fixed standard-normal draws (the quadrature nodes).
+
+    Returns
+    -------
+    loc, comp_scale : arrays (D, P, n_steps, k) and (D, n_steps, k)
+        Step ``s`` of domain ``d`` has the mixture ``1/P sum_p N(loc[d, p, s], comp_scale[d,
+        s])``: for ``s >= L``, ``loc`` is the transition mean from particle ``p``'s window.
+    """
+    shift, scale, initial_scale = shift[:, None, :], scale[:, None, :], initial_scale[:, None, :]
+    initial_loc = shift if initial_shift else jnp.zeros_like(shift)
+    initial = initial_loc[:, :, None, :] + initial_scale[:, :, None, :] * noise[None, :, :n_lags]
+
+    def step(window, eps):  # window (D, P, L, k), lag 1 first; eps (P, k)
+        loc = mean_fn(window) + shift
+        z = loc + scale * eps
+        return jnp.concatenate([z[..., None, :], window[..., :-1, :]], axis=-2), loc
+
+    _, later = jax.lax.scan(step, jnp.flip(initial, axis=-2),
+                            jnp.moveaxis(noise[:, n_lags:], 1, 0))
+    initial_locs = jnp.broadcast_to(initial_loc[:, :, None, :], initial.shape)
+    loc = jnp.concatenate([initial_locs, jnp.moveaxis(later, 0, 2)], axis=2)
+    n_later = n_steps - n_lags
+    comp_scale = jnp.concatenate(
+        [jnp.broadcast_to(initial_scale, (shift.shape[0], n_lags, shift.shape[-1])),
+         jnp.broadcast_to(scale, (shift.shape[0], n_later, shift.shape[-1]))], axis=1
+    )
+    return loc, comp_scale
+
+
+def population_marginal(loc, comp_scale, u, time_index):
+    """The cells' prior: the particle mixture of their domain at their step, ``(cells,)``
+    batch, event ``(k,)``."""
+    cell_loc = loc[u, :, time_index]  # (cells, P, k)
+    cell_scale = comp_scale[u, time_index][:, None, :]
+    n_particles = cell_loc.shape[-2]
+    return dist.MixtureSameFamily(
+        dist.Categorical(logits=jnp.zeros(cell_loc.shape[:-1])),
+        dist.Normal(cell_loc, cell_scale).to_event(1),
+    ) if n_particles > 1 else dist.Normal(cell_loc[:, 0], cell_scale[:, 0]).to_event(1)
+
+
+def _checked(x, u, time_index, n_features, n_times, n_domains):
+    if u is None or time_index is None:
+        raise CausalZooError(
+            "Snapshot mode needs `u` (the domain / perturbation code of each cell, shape "
+            "(cells,)) and `time_index` (each cell's step on the time grid, shape (cells,))."
+        )
+    if jnp.ndim(u) != 1 or jnp.shape(time_index) != jnp.shape(u):
+        raise CausalZooError(
+            f"u and time_index must be 1-D with one entry per cell; got shapes "
+            f"{jnp.shape(u)} and {jnp.shape(time_index)}."
+        )
+    if x is not None:
+        if jnp.ndim(x) != 2:
+            raise CausalZooError(f"x must be 2-D (cells, features); got shape {jnp.shape(x)}.")
+        if x.shape[0] != u.shape[0]:
+            raise CausalZooError(f"x has {x.shape[0]} cells but u has {u.shape[0]}.")
+        n_features = x.shape[1]
+    if n_features is None:
+        raise CausalZooError("Pass `n_features` when `x` is None (e.g. for prior draws).")
+    if n_times is None or n_domains is None:
+        raise CausalZooError(
+            "Pass `n_times` (the length of the time grid) and `n_domains` (u takes values "
+            "0..n_domains-1)."
+        )
+    return u.shape[0], n_features
+
+
+def domain_activity(n_domains: int, control_domain: int | None):
+    """``(n_domains, 1)``: 0 for the control domain (base mechanisms), 1 for the others."""
+    active = jnp.ones((n_domains, 1))
+    return active if control_domain is None else active.at[control_domain].set(0.0)
+
+
+def snapshot_model(
+    x=None,
+    u=None,
+    time_index=None,
+    library_size=None,
+    *,
+    n_cells: int | None = None,
+    n_features: int | None = None,
+    n_times: int | None = None,
+    n_domains: int | None = None,
+    control_domain: int | None = None,
+    n_particles: int = N_PARTICLES,
+    config: DynamicalConfig = DEFAULT_CONFIG,
+):
+    """The snapshot-mode generative model (see the module docstring).
+
+    Parameters
+    ----------
+    x : array (cells, features), optional
+        One measurement per cell; ``None`` to sample.
+    u : array of int (cells,)
+        Domain / perturbation code of each cell.
+    time_index : array of int (cells,)
+        Each cell's step on the time grid, ``0..n_times-1`` (larger steps need a larger
+        ``n_times``: extrapolation).
+    library_size : array (cells,), optional
+        Library sizes for count likelihoods; defaults to ``x.sum(-1)``.
+    n_cells : int, optional
+        Total number of cells when ``x`` is a minibatch (scales the cell log-densities).
+    n_features : int, optional
+        Number of features when ``x`` is None.
+    n_times : int
+        Length of the time grid.
+    n_domains : int
+        Number of domains.
+    control_domain : int, optional
+        Code of the control domain, whose mechanisms are the base ones (no shifts).
+    n_particles : int
+        Particle paths per domain that represent the population law.
+    config : DynamicalConfig
+
+    Returns
+    -------
+    dict
+        ``{"z_inv", "z", "population", "lag_graph", "target", "x"}``; ``population`` is the
+        particle paths ``(n_domains, n_particles, steps, k)``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> from numpyro import handlers
+    >>> out = handlers.seed(snapshot_model, 0)(
+    ...     u=jnp.array([0, 1, 1]), time_index=jnp.array([0, 1, 3]), n_features=5,
+    ...     n_times=4, n_domains=2, n_particles=16)
+    >>> out["z"].shape, out["population"].shape, out["x"].shape
+    ((3, 4), (2, 16, 4, 4), (3, 5))
+    """
+    n_batch, n_features = _checked(x, u, time_index, n_features, n_times, n_domains)
+    lik = config.likelihood_block
+    k, k_inv, lags = config.n_latent, config.n_latent_invariant, config.n_lags
+    n_path = path_length(n_times, lags)
+    time_index = jnp.asarray(time_index)
+    lag_graph, target, mean_shift, log_scale_shift = global_sites(n_domains, config)
+    log_sigma = numpyro.param("log_transition_scale", jnp.zeros(k))
+    mean_fn = transition_mean_fn(config, lag_graph)
+    decoder = attach(
+        "decoder",
+        lambda rngs: config.network("decoder")(k_inv + k, lik.n_outputs * n_features, rngs=rngs),
+    )
+    if library_size is None and x is not None and lik.uses_library:
+        library_size = x.sum(-1)
+    if library_size is None and lik.uses_library:
+        raise CausalZooError("Pass `library_size` (cells,) when `x` is None for counts.")
+
+    active = domain_activity(n_domains, control_domain)
+    domain_log_scale = active * target * log_scale_shift
+    loc, comp_scale = population_particles(
+        mean_fn, active * target * mean_shift, jnp.exp(log_sigma + domain_log_scale),
+        jnp.exp(domain_log_scale) if config.modulate_history else jnp.ones_like(mean_shift),
+        initial_shift=config.modulate_history, n_steps=n_path, n_lags=lags,
+        noise=quadrature_noise(n_particles, n_path, k),
+    )
+    # the particles themselves (transition mean + their own fixed noise), for inspection
+    population = numpyro.deterministic(
+        "population", loc + comp_scale[:, None] * quadrature_noise(n_particles, n_path, k)
+    )
+    z_inv = None
+    with _scaled(n_batch, n_cells), numpyro.plate("cells", n_batch, dim=-1):
+        if k_inv:
+            z_inv = numpyro.sample("z_inv", dist.Normal(0.0, 1.0).expand([k_inv]).to_event(1))
+        z = numpyro.sample("z", population_marginal(loc, comp_scale, u, time_index))
+        h = z if z_inv is None else jnp.concatenate([z_inv, z], axis=-1)
+        x = numpyro.sample("x", lik(decoder(h), library_size).to_event(1), obs=x)
+    return {"z_inv": z_inv, "z": z, "population": population, "lag_graph": lag_graph,
+            "target": target, "x": x}
+
+
+def snapshot_guide(
+    x=None,
+    u=None,
+    time_index=None,
+    library_size=None,
+    *,
+    n_cells: int | None = None,
+    n_features: int | None = None,
+    n_times: int | None = None,
+    n_domains: int | None = None,
+    control_domain: int | None = None,
+    n_particles: int = N_PARTICLES,
+    config: DynamicalConfig = DEFAULT_CONFIG,
+):
+    """Amortised guide: ``q(z | x)``, ``q(z_inv | x)`` and the global factors."""
+    if x is None:
+        raise CausalZooError("The guide needs the observed `x` (it is amortised over cells).")
+    n_batch, n_features = _checked(x, u, time_index, n_features, n_times, n_domains)
+    global_guide(n_domains, config=config)
+    h = encoder_input(x, config.likelihood_block)
+    encode = _gaussian_encoder("encoder", n_features, config.n_latent, config)
+    with _scaled(n_batch, n_cells), numpyro.plate("cells", n_batch, dim=-1):
+        if config.n_latent_invariant:
+            encode_inv = _gaussian_encoder(
+                "encoder_invariant", n_features, config.n_latent_invariant, config
+            )
+            loc_inv, scale_inv = encode_inv(h)
+            numpyro.sample("z_inv", dist.Normal(loc_inv, scale_inv).to_event(1))
+        loc, scale = encode(h)
+        numpyro.sample("z", dist.Normal(loc, scale).to_event(1))
