@@ -1,4 +1,5 @@
-"""What every user class shares: the package version stamp, the class registry, ``load``."""
+"""What every user class shares: the package version stamp, the class registry, ``load``,
+and :class:`FittedState`, the base that runs ``fit_svi`` and saves/restores a fit."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ import numpy as np
 
 from .. import _io
 from .._errors import CausalZooError
+from ..inference.svi import fit_svi
 
-__all__ = ["load", "package_version", "record_fit", "register_user_class"]
+__all__ = [
+    "FittedState",
+    "check_learning_rates",
+    "load",
+    "package_version",
+    "record_fit",
+    "register_user_class",
+]
 
 _CLASSES: dict[str, Any] = {}
 _GROUPS = ("params", "reference", "history")
@@ -47,6 +56,146 @@ def record_fit(model: Any, result: Any, **settings: Any) -> None:
         "run_seconds": result.run_seconds,
     }
     model.params = result.params
+
+
+def check_learning_rates(learning_rate, global_learning_rate=None) -> float:
+    """Refuse learning rates that are not finite numbers > 0 (booleans included), before any
+    compilation. Returns the rate of the global parameters for two-speed Adam:
+    ``global_learning_rate``, or ten times ``learning_rate`` when it is ``None``."""
+
+    def bad(rate):
+        number = isinstance(rate, (int, float, np.integer, np.floating))
+        return isinstance(rate, bool) or not number or not 0 < rate < np.inf
+
+    if bad(learning_rate) or (global_learning_rate is not None and bad(global_learning_rate)):
+        got = f"learning_rate={learning_rate!r}"
+        if global_learning_rate is not None:
+            got += f", global_learning_rate={global_learning_rate!r}"
+        raise CausalZooError(
+            f"learning rates must be finite numbers > 0 (e.g. 1e-3); got {got}."
+        )
+    return float(global_learning_rate or 10 * learning_rate)
+
+
+class FittedState:
+    """Base of the user classes: the fit state (``params``, ``history``, ``fit_info``), the
+    one call into :func:`causalzoo.inference.fit_svi`, and the saved-directory plumbing.
+
+    A subclass sets ``MODEL_NAME`` (the name saved models carry) and, for ``save``, has a
+    ``config`` with ``to_dict()``. It calls :meth:`_run_svi` from its ``fit`` with what is
+    its own (program, data, optimiser, loss, settings to record) and passes the options that
+    every ``fit`` shares straight through.
+    """
+
+    MODEL_NAME: str = ""
+    params: dict[str, Any] | None
+    history: dict[str, np.ndarray]
+    fit_info: dict[str, Any]
+
+    def _init_fit_state(self) -> None:
+        self.params = None
+        self.history = {}
+        self.fit_info = {}
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.params is not None
+
+    def _require_fit(self) -> None:
+        if not self.is_fitted:
+            raise CausalZooError("The model is not fitted yet: call .fit() first.")
+
+    def _state_text(self) -> str:
+        """``"fitted, N steps"`` or ``"not fitted"``, for ``__repr__``."""
+        if self.is_fitted:
+            return f"fitted, {self.fit_info.get('n_steps', 0)} steps"
+        return "not fitted"
+
+    def _run_svi(
+        self,
+        model,
+        guide,
+        data,
+        *,
+        batch_size: int,
+        max_steps: int,
+        seed: int,
+        optimizer,
+        loss,
+        static_kwargs: dict[str, Any],
+        description: str,
+        settings: dict[str, Any],
+        checkpoint_meta: dict[str, Any] | None = None,
+        batch_fn=None,
+        **fit_options: Any,
+    ):
+        """Run ``fit_svi`` from the current parameters and record the result on ``self``.
+
+        ``settings`` (learning rates, schedule, ...) go into ``fit_info`` and, with the model
+        name, into the checkpoint metadata that a resume compares; ``checkpoint_meta`` adds
+        what only the checkpoint needs (e.g. the configuration). ``fit_options`` are the
+        options every ``fit`` passes through unchanged (``steps_per_call``,
+        ``early_stopping``, ``progress``, ``checkpoint_dir``, ``checkpoint_every``,
+        ``resume``, ``on_nonfinite``, ``devices``).
+        """
+        result = fit_svi(
+            model,
+            guide,
+            data,
+            batch_size=batch_size,
+            max_steps=max_steps,
+            seed=seed,
+            optimizer=optimizer,
+            loss=loss,
+            static_kwargs=static_kwargs,
+            batch_fn=batch_fn,
+            init_params=self.params,
+            description=description,
+            checkpoint_meta={"model": self.MODEL_NAME, **(checkpoint_meta or {}), **settings},
+            **fit_options,
+        )
+        record_fit(self, result, batch_size=int(batch_size), seed=int(seed), **settings)
+        return result
+
+    def _saved_meta(self, **fields: Any) -> dict[str, Any]:
+        """The ``causalzoo.json`` of a saved fit: format and package versions, model name,
+        ``fields`` (configuration, registry, vocabularies, ...) and the fit record."""
+        return {
+            "format_version": _io.FORMAT_VERSION,
+            "causalzoo_version": package_version(),
+            "model": self.MODEL_NAME,
+            **fields,
+            "fit_info": self.fit_info,
+        }
+
+    def _write_saved(
+        self, path: str | Path, *, overwrite: bool, groups: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Path:
+        """Save a fitted model as plain data (JSON + npz, no pickle): the parameters, the
+        loss history, extra array ``groups`` and the metadata ``fields``. Written to a
+        temporary directory and renamed, so a failed save never leaves half a model."""
+        self._require_fit()
+        arrays, paths = _io.flatten_params(self.params)
+        meta = self._saved_meta(**fields, param_paths=paths)
+        all_groups = {"params": arrays, **(groups or {}), "history": dict(self.history)}
+        return _io.write_model_dir(path, meta, all_groups, overwrite=overwrite)
+
+    def _restore_fit_state(self, meta: dict[str, Any], arrays: dict[str, Any]) -> None:
+        """Set ``params``, ``history`` and ``fit_info`` from a saved directory's contents."""
+        self.params = _io.unflatten_params(arrays["params"], meta["param_paths"])
+        self.history = dict(arrays["history"])
+        self.fit_info = dict(meta.get("fit_info", {}))
+
+    def to_datatree(self, data=None, **kwargs):
+        """The posterior as an ArviZ 1.x ``xarray.DataTree`` (variational draws as
+        ``(chain=1, draw=S)``); see :func:`causalzoo.diagnostics.to_datatree` for the groups
+        and the keyword arguments (``num_samples``, ``seed``, ``chunk_size``,
+        ``log_likelihood``, ...). ``data``: other cells or units set up like the training
+        data (an AnnData, or for sequence mode ``{"x": ..., "u": ...}``)."""
+        from ..diagnostics import to_datatree
+
+        return to_datatree(self, data, **kwargs)
 
 
 def register_user_class(model_name: str, cls: Any) -> None:

@@ -22,13 +22,11 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from numpyro import handlers
 
-from .. import _io
 from .._errors import CausalZooError
 from ..data.sequences import check_sequence_array, check_unit_labels
-from ..inference import AlignedELBO, EarlyStopping, FitResult, fit_svi, two_speed_adam
+from ..inference import AlignedELBO, EarlyStopping, two_speed_adam
 from ..models.dynamical import DynamicalConfig, dynamical_guide, dynamical_model
-from ._common import package_version as _version
-from ._common import record_fit, register_user_class
+from ._common import FittedState, check_learning_rates, register_user_class
 
 __all__ = ["DynamicalCausalVAE"]
 
@@ -72,7 +70,7 @@ def _is_anndata(obj) -> bool:
     return hasattr(obj, "obs") and hasattr(obj, "var_names") and hasattr(obj, "uns")
 
 
-class DynamicalCausalVAE:
+class DynamicalCausalVAE(FittedState):
     """CITE-VAE-style dynamical latent causal model on sequences or snapshots.
 
     The generative story, identifiability class and references are in
@@ -107,6 +105,7 @@ class DynamicalCausalVAE:
     """
 
     spec_name = MODEL_NAME
+    MODEL_NAME = MODEL_NAME
     _saved_groups = ("params", "history")
 
     def __new__(cls, *args, **kwargs):
@@ -158,9 +157,7 @@ class DynamicalCausalVAE:
                 f"Sequences of {self.n_steps} steps are too short for n_lags="
                 f"{self.config.n_lags}: need at least n_lags + 1 steps."
             )
-        self.params: dict[str, Any] | None = None
-        self.history: dict[str, np.ndarray] = {}
-        self.fit_info: dict[str, Any] = {}
+        self._init_fit_state()
 
     def _check_x(self, x) -> np.ndarray:
         lik = self.config.likelihood_block
@@ -192,10 +189,6 @@ class DynamicalCausalVAE:
                    **config_kwargs)
 
     # ------------------------------------------------------------------ fitting
-    @property
-    def is_fitted(self) -> bool:
-        return self.params is not None
-
     @property
     def n_domains(self) -> int:
         return len(self.domain_names)
@@ -246,16 +239,9 @@ class DynamicalCausalVAE:
         data = self._fit_data()
         n_units = len(data["u"])
         batch_size = min(256, n_units) if batch_size is None else batch_size
-        if not learning_rate > 0 or (
-            global_learning_rate is not None and not global_learning_rate > 0
-        ):
-            raise CausalZooError(
-                f"learning rates must be > 0; got learning_rate={learning_rate!r}, "
-                f"global_learning_rate={global_learning_rate!r}."
-            )
-        global_learning_rate = global_learning_rate or 10 * learning_rate
+        global_learning_rate = check_learning_rates(learning_rate, global_learning_rate)
         model, guide = self._program()
-        result: FitResult = fit_svi(
+        self._run_svi(
             model,
             guide,
             data,
@@ -266,37 +252,21 @@ class DynamicalCausalVAE:
             # The mean-field ELBO: analytic KL for the graph, targets, shifts and z_inv.
             loss=AlignedELBO(0.0),
             static_kwargs=self._static_kwargs(),
+            description="DynamicalCausalVAE",
+            settings={"learning_rate": float(learning_rate),
+                      "global_learning_rate": global_learning_rate},
             steps_per_call=steps_per_call,
             early_stopping=early_stopping,
             progress=progress,
-            init_params=self.params,
-            description="DynamicalCausalVAE",
             checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every,
             resume=resume,
             on_nonfinite=on_nonfinite,
             devices=devices,
-            checkpoint_meta={
-                "model": MODEL_NAME,
-                "learning_rate": float(learning_rate),
-                "global_learning_rate": float(global_learning_rate),
-            },
-        )
-        record_fit(
-            self,
-            result,
-            batch_size=int(batch_size),
-            seed=int(seed),
-            learning_rate=float(learning_rate),
-            global_learning_rate=float(global_learning_rate),
         )
         return self
 
     train = fit
-
-    def _require_fit(self):
-        if not self.is_fitted:
-            raise CausalZooError("The model is not fitted yet: call .fit() first.")
 
     # ------------------------------------------------------------------ posterior
     def _encoder(self):
@@ -377,33 +347,14 @@ class DynamicalCausalVAE:
             columns=[f"z_{i}" for i in range(self.config.n_latent)],
         )
 
-    def to_datatree(self, data=None, **kwargs):
-        """The posterior as an ArviZ 1.x DataTree (dims units/steps/features/latents/domains);
-        ``data={"x": ..., "u": ...}`` for other units. See :func:`causalzoo.diagnostics.to_datatree`."""
-        from ..diagnostics import to_datatree
-
-        return to_datatree(self, data, **kwargs)
-
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save configuration, vocabularies and parameters as plain data (JSON + npz; no
         pickle). The training sequences are not saved."""
-        self._require_fit()
-        arrays, paths = _io.flatten_params(self.params)
-        meta = {
-            "format_version": _io.FORMAT_VERSION,
-            "causalzoo_version": _version(),
-            "model": MODEL_NAME,
-            "mode": "sequence",
-            "config": self.config.to_dict(),
-            "domain_names": self.domain_names,
-            "feature_names": self.feature_names,
-            "n_steps": int(self.n_steps),
-            "param_paths": paths,
-            "fit_info": self.fit_info,
-        }
-        return _io.write_model_dir(
-            path, meta, {"params": arrays, "history": dict(self.history)}, overwrite=overwrite
+        return self._write_saved(
+            path, overwrite=overwrite, mode="sequence", config=self.config.to_dict(),
+            domain_names=self.domain_names, feature_names=self.feature_names,
+            n_steps=int(self.n_steps),
         )
 
     @classmethod
@@ -423,14 +374,12 @@ class DynamicalCausalVAE:
         self.feature_names = [str(n) for n in meta["feature_names"]]
         self.n_steps, self.n_features = int(meta["n_steps"]), len(self.feature_names)
         self.x, self.u = None, None
-        self.params = _io.unflatten_params(arrays["params"], meta["param_paths"])
-        self.history = dict(arrays["history"])
-        self.fit_info = dict(meta.get("fit_info", {}))
+        self._restore_fit_state(meta, arrays)
         return self
 
     def __repr__(self) -> str:
         c = self.config
-        state = f"fitted, {self.fit_info.get('n_steps', 0)} steps" if self.is_fitted else "not fitted"
+        state = self._state_text()
         return (
             f"DynamicalCausalVAE(n_latent={c.n_latent}, n_latent_invariant="
             f"{c.n_latent_invariant}, n_lags={c.n_lags}, transition={c.transition!r}, "

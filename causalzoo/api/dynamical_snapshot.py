@@ -22,7 +22,6 @@ import pandas as pd
 from numpyro import handlers
 from numpyro.infer import Predictive
 
-from .. import _io
 from .._errors import CausalZooError
 from ..data.anndata import densify, get_counts
 from ..data.validation import (
@@ -34,7 +33,6 @@ from ..data.validation import (
 )
 from ..models.dynamical import DynamicalConfig, global_guide
 from ..models.dynamical_snapshot import path_length, snapshot_guide, snapshot_model
-from ._common import package_version as _version
 from .dynamical import MODEL_NAME, DynamicalCausalVAE
 
 __all__ = ["SnapshotDynamicalCausalVAE", "SnapshotRegistry"]
@@ -257,9 +255,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
             )
         self.registry = registry
         self._attach(adata)
-        self.params: dict[str, Any] | None = None
-        self.history: dict[str, np.ndarray] = {}
-        self.fit_info: dict[str, Any] = {}
+        self._init_fit_state()
 
     def _attach(self, adata) -> None:
         reg = self.registry
@@ -608,20 +604,9 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save configuration, registry and parameters as plain data (JSON + npz; no
         pickle). The cells are not saved."""
-        self._require_fit()
-        arrays, paths = _io.flatten_params(self.params)
-        meta = {
-            "format_version": _io.FORMAT_VERSION,
-            "causalzoo_version": _version(),
-            "model": MODEL_NAME,
-            "mode": "snapshot",
-            "config": self.config.to_dict(),
-            "registry": self.registry.to_dict(),
-            "param_paths": paths,
-            "fit_info": self.fit_info,
-        }
-        return _io.write_model_dir(
-            path, meta, {"params": arrays, "history": dict(self.history)}, overwrite=overwrite
+        return self._write_saved(
+            path, overwrite=overwrite, mode="snapshot", config=self.config.to_dict(),
+            registry=self.registry.to_dict(),
         )
 
     @classmethod
@@ -632,15 +617,12 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         self.adata, self.x, self.u, self.time, self.time_index = None, None, None, None, None
         if adata is not None:
             self._attach(adata)
-        self.params = _io.unflatten_params(arrays["params"], meta["param_paths"])
-        self.history = dict(arrays["history"])
-        self.fit_info = dict(meta.get("fit_info", {}))
+        self._restore_fit_state(meta, arrays)
         return self
 
     def __repr__(self) -> str:
         c = self.config
-        state = (f"fitted, {self.fit_info.get('n_steps', 0)} steps" if self.is_fitted
-                 else "not fitted")
+        state = self._state_text()
         times = ", ".join(f"{t:g}" for t in self.registry.time_values[:6])
         return (
             f"DynamicalCausalVAE(snapshot, n_latent={c.n_latent}, n_latent_invariant="

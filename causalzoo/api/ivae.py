@@ -21,14 +21,12 @@ from numpy.typing import ArrayLike
 from numpyro import handlers
 from numpyro.infer import TraceMeanField_ELBO
 
-from .. import _io
 from .._errors import CausalZooError
 from ..data.anndata import get_counts
-from ..inference import EarlyStopping, FitResult, fit_svi
+from ..inference import EarlyStopping
 from ..inference.nuts_fit import fit_by_method
 from ..models.ivae import IVAEConfig, ivae_encode, ivae_guide, ivae_model
-from ._common import package_version as _version
-from ._common import record_fit, register_user_class
+from ._common import FittedState, check_learning_rates, register_user_class
 
 __all__ = ["IVAE", "IVAERegistry"]
 
@@ -166,7 +164,7 @@ def _observations(adata, registry: IVAERegistry) -> np.ndarray:
     return x
 
 
-class IVAE:
+class IVAE(FittedState):
     """Identifiable VAE (iVAE) on AnnData or arrays.
 
     The generative story, identifiability class and references are in
@@ -192,6 +190,7 @@ class IVAE:
     """
 
     spec_name = MODEL_NAME
+    MODEL_NAME = MODEL_NAME
     _saved_groups = ("params", "history")
 
     def __init__(self, adata, **config_kwargs):
@@ -200,9 +199,7 @@ class IVAE:
         self._check_likelihood(registry)
         self.adata = adata
         self.registry = registry
-        self.params: dict[str, Any] | None = None
-        self.history: dict[str, np.ndarray] = {}
-        self.fit_info: dict[str, Any] = {}
+        self._init_fit_state()
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -329,10 +326,6 @@ class IVAE:
             )
 
     # ------------------------------------------------------------------ fitting
-    @property
-    def is_fitted(self) -> bool:
-        return self.params is not None
-
     def _arrays(self, adata=None) -> dict[str, np.ndarray]:
         adata = self.adata if adata is None else adata
         if adata is None:
@@ -406,9 +399,7 @@ class IVAE:
         arrays = self._arrays()
         n = arrays["x"].shape[0]
         batch_size = min(128, n) if batch_size is None else batch_size
-        if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) \
-                or not learning_rate > 0:
-            raise CausalZooError(f"learning_rate must be a number > 0; got {learning_rate!r}.")
+        check_learning_rates(learning_rate)
         if schedule == "cosine":
             if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) \
                     or max_steps < 1:
@@ -418,7 +409,7 @@ class IVAE:
             rate = float(learning_rate)
         else:
             raise CausalZooError(f"schedule={schedule!r} is unknown; use 'cosine' or 'constant'.")
-        result: FitResult = fit_svi(
+        self._run_svi(
             ivae_model,
             ivae_guide,
             arrays,
@@ -428,37 +419,20 @@ class IVAE:
             optimizer=optax.adam(rate),
             loss=TraceMeanField_ELBO(),
             static_kwargs=self._static_kwargs(),
+            description="IVAE",
+            settings={"learning_rate": float(learning_rate), "schedule": schedule},
             steps_per_call=steps_per_call,
             early_stopping=early_stopping,
             progress=progress,
-            init_params=self.params,
-            description="IVAE",
             checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every,
             resume=resume,
             on_nonfinite=on_nonfinite,
             devices=devices,
-            checkpoint_meta={
-                "model": MODEL_NAME,
-                "learning_rate": float(learning_rate),
-                "schedule": schedule,
-            },
-        )
-        record_fit(
-            self,
-            result,
-            batch_size=int(batch_size),
-            seed=int(seed),
-            learning_rate=float(learning_rate),
-            schedule=schedule,
         )
         return self
 
     train = fit
-
-    def _require_fit(self):
-        if not self.is_fitted:
-            raise CausalZooError("The model is not fitted yet: call .fit() first.")
 
     # ------------------------------------------------------------------ posterior
     def _encoder(self):
@@ -520,28 +494,12 @@ class IVAE:
             target.obsm[key] = loc
         return (loc, scale) if give_scale else loc
 
-    def to_datatree(self, adata=None, **kwargs):
-        """The posterior as an ArviZ 1.x DataTree; see :func:`causalzoo.diagnostics.to_datatree`."""
-        from ..diagnostics import to_datatree
-
-        return to_datatree(self, adata, **kwargs)
-
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save configuration, set-up and parameters as plain data (JSON + npz, no pickle)."""
-        self._require_fit()
-        arrays, paths = _io.flatten_params(self.params)
-        meta = {
-            "format_version": _io.FORMAT_VERSION,
-            "causalzoo_version": _version(),
-            "model": MODEL_NAME,
-            "config": self.config.to_dict(),
-            "registry": self.registry.to_dict(),
-            "param_paths": paths,
-            "fit_info": self.fit_info,
-        }
-        return _io.write_model_dir(
-            path, meta, {"params": arrays, "history": dict(self.history)}, overwrite=overwrite
+        return self._write_saved(
+            path, overwrite=overwrite, config=self.config.to_dict(),
+            registry=self.registry.to_dict(),
         )
 
     @classmethod
@@ -556,14 +514,12 @@ class IVAE:
             _aux_matrix(adata[:1], self.registry)
             _observations(adata[:1], self.registry)
         self.adata = adata
-        self.params = _io.unflatten_params(arrays["params"], meta["param_paths"])
-        self.history = dict(arrays["history"])
-        self.fit_info = dict(meta.get("fit_info", {}))
+        self._restore_fit_state(meta, arrays)
         return self
 
     def __repr__(self) -> str:
         c = self.config
-        state = f"fitted, {self.fit_info.get('n_steps', 0)} steps" if self.is_fitted else "not fitted"
+        state = self._state_text()
         return (
             f"IVAE(n_latent={c.n_latent}, likelihood={c.likelihood_block.name!r}, "
             f"features={self.registry.n_observed}, n_aux={self.registry.n_aux}; {state})"

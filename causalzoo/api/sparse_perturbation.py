@@ -22,7 +22,6 @@ from numpy.typing import ArrayLike
 from numpyro import handlers
 from numpyro.infer import Predictive
 
-from .. import _io
 from .._errors import CausalZooError
 from ..data import (
     AnnDataRegistry,
@@ -35,7 +34,7 @@ from ..data import (
 )
 from ..data.anndata import _one_hot as covariate_one_hot
 from ..data.streaming import anndata_source, is_backed
-from ..inference import AlignedELBO, EarlyStopping, FitResult, fit_svi, two_speed_adam
+from ..inference import AlignedELBO, EarlyStopping, two_speed_adam
 from ..inference.nuts_fit import fit_by_method
 from ..models.sparse_perturbation import (
     SparsePerturbationConfig,
@@ -43,8 +42,7 @@ from ..models.sparse_perturbation import (
     sparse_perturbation_guide,
     sparse_perturbation_model,
 )
-from ._common import package_version as _version
-from ._common import record_fit, register_user_class
+from ._common import FittedState, check_learning_rates, register_user_class
 
 __all__ = ["SparsePerturbationVAE"]
 
@@ -60,7 +58,7 @@ def _context_ids(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids.reshape(-1).astype(np.int32), contexts
 
 
-class SparsePerturbationVAE:
+class SparsePerturbationVAE(FittedState):
     """PerturbedVAE-style sparse perturbation model on AnnData (SAMS-VAE as a special case).
 
     The generative story, identifiability class and references are in
@@ -88,6 +86,7 @@ class SparsePerturbationVAE:
     """
 
     spec_name = MODEL_NAME
+    MODEL_NAME = MODEL_NAME
 
     def __init__(self, adata, **config_kwargs):
         registry = get_registry(adata)
@@ -95,9 +94,7 @@ class SparsePerturbationVAE:
         self._check_likelihood(registry)
         self.adata = adata
         self.registry: AnnDataRegistry = registry
-        self.params: dict[str, Any] | None = None
-        self.history: dict[str, np.ndarray] = {}
-        self.fit_info: dict[str, Any] = {}
+        self._init_fit_state()
         self.reference: dict[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ set-up
@@ -198,10 +195,6 @@ class SparsePerturbationVAE:
             )
 
     # ------------------------------------------------------------------ fitting
-    @property
-    def is_fitted(self) -> bool:
-        return self.params is not None
-
     def _model_kwargs(self, n_genes: int | None = None) -> dict[str, Any]:
         return {"config": self.config, "n_genes": n_genes or self.registry.n_genes}
 
@@ -274,23 +267,12 @@ class SparsePerturbationVAE:
             data["context"], _ = _context_ids(arrays["covariate_codes"])
             batch_fn = self._alignment_batch_fn(arrays["is_control"], data["context"])
 
-        def bad_rate(rate):
-            number = isinstance(rate, (int, float, np.integer, np.floating))
-            return isinstance(rate, bool) or not number or not 0 < rate < np.inf
-
-        if bad_rate(learning_rate) or (
-            global_learning_rate is not None and bad_rate(global_learning_rate)
-        ):
-            raise CausalZooError(
-                f"learning rates must be finite numbers > 0 (e.g. 1e-3); got learning_rate="
-                f"{learning_rate!r}, global_learning_rate={global_learning_rate!r}."
-            )
-        global_learning_rate = global_learning_rate or 10 * learning_rate
+        global_learning_rate = check_learning_rates(learning_rate, global_learning_rate)
         try:
             config_record = self.config.to_dict()
         except CausalZooError:  # custom networks: a resume checks them by parameter shapes
             config_record = None
-        result: FitResult = fit_svi(
+        self._run_svi(
             sparse_perturbation_model,
             sparse_perturbation_guide,
             data,
@@ -301,30 +283,18 @@ class SparsePerturbationVAE:
             loss=AlignedELBO(self.config.alignment),
             static_kwargs=self._model_kwargs(),
             batch_fn=batch_fn,
+            description="SparsePerturbationVAE",
+            settings={"learning_rate": float(learning_rate),
+                      "global_learning_rate": global_learning_rate},
+            checkpoint_meta={"config": config_record},
             steps_per_call=steps_per_call,
             early_stopping=early_stopping,
             progress=progress,
-            init_params=self.params,
-            description="SparsePerturbationVAE",
             checkpoint_dir=checkpoint_dir,
             checkpoint_every=checkpoint_every,
             resume=resume,
             on_nonfinite=on_nonfinite,
             devices=devices,
-            checkpoint_meta={
-                "model": MODEL_NAME,
-                "config": config_record,
-                "learning_rate": float(learning_rate),
-                "global_learning_rate": float(global_learning_rate),
-            },
-        )
-        record_fit(
-            self,
-            result,
-            batch_size=int(batch_size),
-            seed=int(seed),
-            learning_rate=float(learning_rate),
-            global_learning_rate=float(global_learning_rate),
         )
         self.reference = self._reference_cells(arrays)
         return self
@@ -357,10 +327,6 @@ class SparsePerturbationVAE:
             return batch
 
         return batch_fn
-
-    def _require_fit(self):
-        if not self.is_fitted:
-            raise CausalZooError("The model is not fitted yet: call .fit() first.")
 
     # ------------------------------------------------------------------ posterior
     def _compiled(self, name: str, build):
@@ -627,16 +593,6 @@ class SparsePerturbationVAE:
         )
         return np.asarray(x)[:n], np.asarray(z_resp)[:n]
 
-    # ------------------------------------------------------------------ posterior analysis
-    def to_datatree(self, adata=None, **kwargs):
-        """The posterior as an ArviZ 1.x ``xarray.DataTree`` (variational draws as
-        ``(chain=1, draw=S)``); see :func:`causalzoo.diagnostics.to_datatree` for the
-        groups and the keyword arguments (``num_samples``, ``seed``, ``chunk_size``,
-        ``log_likelihood``, …). ``adata``: other cells set up like the training data."""
-        from ..diagnostics import to_datatree
-
-        return to_datatree(self, adata, **kwargs)
-
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Save configuration, vocabularies, genes and parameters as plain data (no pickle).
@@ -644,23 +600,10 @@ class SparsePerturbationVAE:
         The directory holds ``causalzoo.json`` and ``.npz`` files; it is written to a
         temporary directory first and renamed, so a failed save never leaves half a model.
         """
-        self._require_fit()
-        arrays, paths = _io.flatten_params(self.params)
         reference = {k: np.asarray(v) for k, v in (self.reference or {}).items()}
-        meta = {
-            "format_version": _io.FORMAT_VERSION,
-            "causalzoo_version": _version(),
-            "model": MODEL_NAME,
-            "config": self.config.to_dict(),
-            "registry": self.registry.to_dict(),
-            "param_paths": paths,
-            "fit_info": self.fit_info,
-        }
-        return _io.write_model_dir(
-            path,
-            meta,
-            {"params": arrays, "reference": reference, "history": dict(self.history)},
-            overwrite=overwrite,
+        return self._write_saved(
+            path, overwrite=overwrite, groups={"reference": reference},
+            config=self.config.to_dict(), registry=self.registry.to_dict(),
         )
 
     @classmethod
@@ -674,15 +617,13 @@ class SparsePerturbationVAE:
         if adata is not None:
             extract_arrays(adata[:1], registry)  # validates genes, keys and vocabularies
         self.adata = adata
-        self.params = _io.unflatten_params(arrays["params"], meta["param_paths"])
+        self._restore_fit_state(meta, arrays)
         self.reference = dict(arrays["reference"])
-        self.history = dict(arrays["history"])
-        self.fit_info = dict(meta.get("fit_info", {}))
         return self
 
     def __repr__(self) -> str:
         c = self.config
-        state = f"fitted, {self.fit_info.get('n_steps', 0)} steps" if self.is_fitted else "not fitted"
+        state = self._state_text()
         return (
             f"SparsePerturbationVAE(n_latent_invariant={c.n_latent_invariant}, "
             f"n_latent_response={c.n_latent_response}, likelihood={c.likelihood_block.name!r}, "
