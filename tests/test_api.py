@@ -17,6 +17,8 @@ import scipy.sparse as sp
 
 import causalzoo as cz
 from causalzoo import CausalZooError, SparsePerturbationVAE
+from causalzoo.api.sparse_perturbation import _program_key
+from causalzoo.models.sparse_perturbation import SparsePerturbationConfig
 
 SMALL = dict(n_latent_invariant=2, n_latent_response=3, n_hidden=16, n_layers=1)
 N_CELLS = 25
@@ -203,6 +205,8 @@ def test_save_load_round_trip(fitted, context_prediction, tmp_path):
     np.testing.assert_array_equal(a.layers["counts"].toarray(), b.layers["counts"].toarray())
     pd.testing.assert_frame_equal(a.obs, b.obs)
     np.testing.assert_array_equal(a.obsm["z_resp"], b.obsm["z_resp"])
+    # the loaded model has the same configuration and genes: it reuses the compiled simulator
+    assert loaded._compiled_fns["simulate"] is fitted._compiled_fns["simulate"]
     # attach data on load
     attached = cz.load(path, adata=fitted.adata)
     assert attached.adata is fitted.adata
@@ -213,6 +217,24 @@ def test_save_load_round_trip(fitted, context_prediction, tmp_path):
     fitted.save(path, overwrite=True)
     assert not any(p.name.startswith(".model") for p in tmp_path.iterdir())
     _tree_equal(cz.load(path).params, fitted.params)
+
+
+def test_shared_compiled_programs_take_each_models_own_parameters(fitted, context_prediction):
+    """Instances of one configuration share jitted programs; the parameters stay an argument,
+    so a model with other parameters predicts with its own. Another configuration, or custom
+    networks, compiles its own."""
+    twin = SparsePerturbationVAE(fitted.adata, **SMALL)
+    twin.params = jax.tree_util.tree_map(lambda a: a * 0.5, fitted.params)
+    twin.reference = fitted.reference
+    b = twin.predict("P2", n_cells=N_CELLS, covariates={"cell_type": "B"}, seed=3)
+    assert twin._compiled_fns["simulate"] is fitted._compiled_fns["simulate"]
+    assert not np.array_equal(b.obsm["z_resp"], context_prediction.obsm["z_resp"])
+    assert _program_key(twin.config, 30) == _program_key(fitted.config, 30)
+    assert _program_key(twin.config, 30) != _program_key(twin.config, 31)
+    wider = SparsePerturbationConfig(**{**SMALL, "n_hidden": 17})
+    assert _program_key(wider, 30) != _program_key(twin.config, 30)
+    custom = SparsePerturbationConfig(**SMALL, networks={"decoder": lambda *a, **k: None})
+    assert _program_key(custom, 30) is None
 
 
 def test_load_errors(fitted, tmp_path):

@@ -8,6 +8,7 @@ the plain NumPyro function in ``models/``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -48,6 +49,32 @@ __all__ = ["SparsePerturbationVAE"]
 
 MODEL_NAME = "sparse_perturbation"
 _CHUNK = 2048
+
+
+# Jitted encoders/simulators shared across instances, keyed by (name, configuration, genes);
+# oldest dropped first. The functions take the parameters as an argument, so an entry depends
+# on nothing but its key.
+_SHARED_PROGRAMS: dict[tuple, Any] = {}
+_SHARED_MAX = 16
+
+
+def _program_key(config: SparsePerturbationConfig, n_genes: int) -> tuple | None:
+    """A hashable key that determines the traced programs of ``config``, or ``None`` when
+    the configuration holds objects (custom networks, likelihood or prior instances) whose
+    identity, not a name, defines the program; those are compiled per instance."""
+    items = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "networks":
+            if value:
+                return None
+            continue
+        if isinstance(value, list):
+            value = tuple(value)
+        if value is not None and not isinstance(value, (str, int, float, bool, tuple)):
+            return None
+        items.append((f.name, value))
+    return (tuple(items), int(n_genes))
 
 
 def _context_ids(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -331,10 +358,20 @@ class SparsePerturbationVAE(FittedState):
     # ------------------------------------------------------------------ posterior
     def _compiled(self, name: str, build):
         """A jitted function built once per model instance (parameters are an argument, so a
-        refit or a new call reuses the compiled code)."""
+        refit or a new call reuses the compiled code), and shared with every other instance
+        of the same configuration and gene count: a protocol that fits many models
+        (``cz.evaluate`` over seeds) compiles its encoder and simulator once, not per model."""
         cache = self.__dict__.setdefault("_compiled_fns", {})
         if name not in cache:
-            cache[name] = jax.jit(build())
+            key = _program_key(self.config, self.registry.n_genes)
+            fn = _SHARED_PROGRAMS.get((name, key)) if key is not None else None
+            if fn is None:
+                fn = jax.jit(build())
+                if key is not None:
+                    _SHARED_PROGRAMS[(name, key)] = fn
+                    while len(_SHARED_PROGRAMS) > _SHARED_MAX:
+                        _SHARED_PROGRAMS.pop(next(iter(_SHARED_PROGRAMS)))
+            cache[name] = fn
         return cache[name]
 
     def _build_encoder(self):
