@@ -228,6 +228,14 @@ class SparsePerturbationVAE(FittedState):
     def _arrays(self, adata=None) -> dict[str, np.ndarray]:
         return extract_arrays(self.adata if adata is None else adata, self.registry)
 
+    def _arrays_to_encode(self, adata) -> dict[str, Any]:
+        """The arrays of ``adata`` for encoding; a backed AnnData's matrix stays on disk
+        (validated, then read a chunk of cells at a time, :mod:`causalzoo.data.streaming`)."""
+        if is_backed(adata):
+            _, arrays = anndata_source(adata, self.registry, prefetch=False)
+            return arrays
+        return self._arrays(adata)
+
     def fit(
         self,
         max_steps: int = 5000,
@@ -441,7 +449,7 @@ class SparsePerturbationVAE(FittedState):
                 f"block={block!r}: use 'both', 'invariant' or 'response'."
             )
         target = self.adata if adata is None else adata
-        enc = self._encode(self._arrays(target))
+        enc = self._encode(self._arrays_to_encode(target))
         parts = {
             "both": [enc["z_inv_loc"], enc["z_resp_loc"]],
             "invariant": [enc["z_inv_loc"]],

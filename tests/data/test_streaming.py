@@ -189,6 +189,7 @@ def test_backed_anndata_fits_like_the_loaded_one(tmp_path, monkeypatch):
     loaded = anndata.read_h5ad(path)
     cz.SparsePerturbationVAE.setup_anndata(loaded)
     m0 = cz.SparsePerturbationVAE(loaded, **config).fit(**kw)
+    z0 = m0.get_latent_representation()
 
     backed = anndata.read_h5ad(path, backed="r")
     assert streaming.is_backed(backed)
@@ -212,6 +213,8 @@ def test_backed_anndata_fits_like_the_loaded_one(tmp_path, monkeypatch):
     np.testing.assert_array_equal(m0.history["loss"], m1.history["loss"])
     for k in ("z_inv_loc", "library_size", "obs_names"):
         np.testing.assert_array_equal(m0.reference[k], m1.reference[k])
+    # latents of the backed cells are read a block at a time too, and equal the loaded ones
+    np.testing.assert_array_equal(m1.get_latent_representation(), z0)
     backed.file.close()
 
 
