@@ -33,7 +33,8 @@ def linear_r2(y, x):
 
 
 def run(shuffle: bool, steps: int, seed: int, lr: float = 1e-3, n_perturbations: int = 6,
-        n_latent: int = 4, alignment: float = 0.0, learn_noise: bool = True) -> dict:
+        n_latent: int = 4, alignment: float = 0.0, learn_noise: bool = True,
+        sparsity: str = "bernoulli") -> dict:
     data = cz.identifiability.generators.sparse_perturbation(
         n_perturbations=n_perturbations, n_cells_per_condition=150, n_latent_invariant=2,
         n_latent_response=n_latent, n_genes=100, noise_scale=0.3, seed=seed,
@@ -44,7 +45,7 @@ def run(shuffle: bool, steps: int, seed: int, lr: float = 1e-3, n_perturbations:
     model = cz.SparsePerturbationVAE.from_arrays(
         data.x, u, n_latent_invariant=2, n_latent_response=n_latent, n_hidden=64,
         scm_graph="none", couple_invariant=False, mask_probability=0.02, effect_scale=3.0,
-        alignment=alignment, learn_noise=learn_noise,
+        alignment=alignment, learn_noise=learn_noise, sparsity=sparsity,
     )
     start = time.perf_counter()
     model.fit(max_steps=steps, batch_size=128, seed=0, progress=False, early_stopping=False,
@@ -73,12 +74,19 @@ def main():
     parser.add_argument("--perturbations", type=int, default=6)
     parser.add_argument("--latents", type=int, default=4, help="response latents")
     parser.add_argument("--alignment", type=float, default=0.0)
+    parser.add_argument("--sparsity", default="bernoulli", choices=["bernoulli", "horseshoe"],
+                        help="sparsity prior of the perturbation shifts")
+    parser.add_argument("--no-control", action="store_true",
+                        help="skip the shuffled-label negative control (half the time)")
     parser.add_argument("--fixed-noise", action="store_true",
                         help="fix the response noise scale at 1 (learn_noise=False)")
     args = parser.parse_args()
     kw = {"lr": args.lr, "n_perturbations": args.perturbations, "n_latent": args.latents,
-          "alignment": args.alignment, "learn_noise": not args.fixed_noise}
-    rows = [run(False, args.steps, args.seed, **kw), run(True, args.steps, args.seed, **kw)]
+          "alignment": args.alignment, "learn_noise": not args.fixed_noise,
+          "sparsity": args.sparsity}
+    rows = [run(False, args.steps, args.seed, **kw)]
+    if not args.no_control:
+        rows.append(run(True, args.steps, args.seed, **kw))
     keys = list(rows[0])
     print("  ".join(f"{k:>18}" for k in keys))
     for row in rows:
