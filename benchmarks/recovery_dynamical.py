@@ -1,5 +1,5 @@
 """Recovery of the dynamical model's latents and lag graph on the LEAP non-stationary
-generator.
+(or TDRL changing-dynamics) generator.
 
 Fits :class:`causalzoo.DynamicalCausalVAE` to ``cz.identifiability.generators.
 leap_nonstationary`` sequences with the true domain labels and, as the negative control,
@@ -18,6 +18,13 @@ step, as single cells in a time course), fitted with the domain labels and the s
 time point, scored on the kept steps beside the floor of those latents and beside sequence
 mode on the full sequences (same SVI budget).
 
+``--prior flow`` fits the flow-style transition prior (learned inverse transition plus its
+Jacobian, ``--flow-base`` its base noise) instead of the conditional Gaussian.
+``--generator tdrl`` draws ``generators.tdrl_changing`` (the dynamics change across domains)
+instead of LEAP's changing noise, and ``--noise laplace`` re-simulates the chosen generator's
+latents with the same lag weights, noise scales and mixing but Laplace transition noise of
+the same standard deviation (non-Gaussian noise; the generators themselves draw Gaussian).
+
 Run: ``python benchmarks/recovery_dynamical.py --latents 3 --domains 20 --per-domain 150
 --steps 3000 --seed 0`` (the size of ``tests/identifiability/test_dynamical_recovery.py``),
 or ``--latents 8 --domains 20 --per-domain 7500 --steps 50000`` for LEAP's published
@@ -27,6 +34,7 @@ setting (MCC 0.971), which needs a GPU to finish in reasonable time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import resource
 import time
 
@@ -39,18 +47,59 @@ import causalzoo as cz
 from causalzoo.identifiability import entangled_floor, graph_metrics, mcc
 
 
+def _leaky_relu(a, slope=0.2):
+    return np.where(a > 0, a, slope * a)
+
+
+def with_noise(data, noise: str, seed: int):
+    """The generator's process re-simulated with ``noise`` transition noise (same lag
+    weights, per-domain noise standard deviations, initial history and mixing)."""
+    if noise == "gaussian":
+        return data
+    rng = np.random.default_rng(seed + 1000)
+    lags, u = data.n_lags, data.u
+    sigma = data.noise_scale[u]  # (n, d)
+    z = np.array(data.z, np.float64)
+    for t in range(lags, z.shape[1]):
+        eps = rng.laplace(0.0, 1.0 / np.sqrt(2.0), size=sigma.shape) * sigma
+        if data.name == "leap_nonstationary":
+            b = data.transition[0]
+            drive = sum(_leaky_relu(z[:, t - l - 1] @ b[l]) for l in range(lags))
+            z[:, t] = _leaky_relu(drive + eps)
+        else:  # tdrl_changing
+            drive = np.einsum("nli,nlij->nj", z[:, t - lags:t][:, ::-1], data.transition[u])
+            z[:, t] = _leaky_relu(drive) + eps
+    return dataclasses.replace(data, z=z.astype(np.float32),
+                               x=data.observe(z).astype(np.float32))
+
+
+def make_data(args):
+    if args.generator == "tdrl":
+        data = cz.identifiability.generators.tdrl_changing(
+            n_domains=args.domains, n_per_domain=args.per_domain, n_latent=args.latents,
+            n_lags=args.lags, n_steps=args.n_steps, seed=args.seed,
+        )
+    else:
+        data = cz.identifiability.generators.leap_nonstationary(
+            n_domains=args.domains, n_per_domain=args.per_domain, n_latent=args.latents,
+            n_lags=args.lags, n_steps=args.n_steps, seed=args.seed,
+        )
+    return with_noise(data, args.noise, args.seed)
+
+
+def _config(args) -> dict:
+    return {"n_hidden": args.hidden, "transition": args.transition, "prior": args.prior,
+            "flow_base": args.flow_base}
+
+
 def run(args, shuffle: bool) -> dict:
-    data = cz.identifiability.generators.leap_nonstationary(
-        n_domains=args.domains, n_per_domain=args.per_domain, n_latent=args.latents,
-        n_lags=args.lags, n_steps=args.n_steps, seed=args.seed,
-    )
+    data = make_data(args)
     d = data.n_latent
     u = data.u
     if shuffle:
         u = u[np.random.default_rng(args.seed + 1).permutation(len(u))]
     model = cz.DynamicalCausalVAE.from_arrays(
-        x=data.x / data.x.std(), u=u, n_latent=d, n_lags=data.n_lags, n_hidden=args.hidden,
-        transition=args.transition,
+        x=data.x / data.x.std(), u=u, n_latent=d, n_lags=data.n_lags, **_config(args),
     )
     start = time.perf_counter()
     model.fit(max_steps=args.steps, batch_size=args.batch_size, seed=0,
@@ -80,10 +129,7 @@ def run(args, shuffle: bool) -> dict:
 
 def run_snapshot(args) -> dict:
     """Snapshot mode on the snapshot version of the same generator draw."""
-    data = cz.identifiability.generators.leap_nonstationary(
-        n_domains=args.domains, n_per_domain=args.per_domain, n_latent=args.latents,
-        n_lags=args.lags, n_steps=args.n_steps, seed=args.seed,
-    )
+    data = make_data(args)
     snap = cz.identifiability.generators.snapshot(data, seed=args.seed)
     d = data.n_latent
     obs = pd.DataFrame({"step": snap.step, "domain": snap.u.astype(str)},
@@ -91,8 +137,7 @@ def run_snapshot(args) -> dict:
     adata = anndata.AnnData(snap.x / data.x.std(), obs=obs)
     cz.DynamicalCausalVAE.setup_anndata(adata, time_key="step", perturbation_key="domain",
                                         time_step=1)
-    model = cz.DynamicalCausalVAE(adata, n_latent=d, n_lags=data.n_lags, n_hidden=args.hidden,
-                                  transition=args.transition)
+    model = cz.DynamicalCausalVAE(adata, n_latent=d, n_lags=data.n_lags, **_config(args))
     start = time.perf_counter()
     model.fit(max_steps=args.steps, batch_size=args.batch_size, seed=0,
               learning_rate=args.lr, progress=False)
@@ -127,6 +172,13 @@ def main(argv=None):
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--transition", default="linear", choices=["linear", "mlp"])
+    parser.add_argument("--prior", default="gaussian", choices=["gaussian", "flow"],
+                        help="transition prior of the fitted model")
+    parser.add_argument("--flow-base", default="normal", choices=["normal", "laplace"],
+                        help="base noise of the flow prior")
+    parser.add_argument("--generator", default="leap", choices=["leap", "tdrl"])
+    parser.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace"],
+                        help="transition noise of the generated latents")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
     parser.add_argument("--no-control", action="store_true", help="skip the shuffled run")
     parser.add_argument("--snapshot", action="store_true",

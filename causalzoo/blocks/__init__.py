@@ -1,10 +1,12 @@
-"""Composable pieces of zoo models: likelihoods, sparsity priors, mechanisms, networks."""
+"""Composable pieces of zoo models: likelihoods, sparsity priors, mechanisms, lagged
+transition priors, networks."""
 
-from . import dag, likelihoods, mechanisms, nn, priors
+from . import dag, likelihoods, mechanisms, nn, priors, transitions
 from .likelihoods import NB, ZINB, Gaussian, Likelihood, Poisson, get_likelihood
 from .mechanisms import LinearGaussianSCM, additive_shift
 from .nn import MLP, GaussianEncoder
 from .priors import BernoulliMask, Horseshoe, SparsityPrior, StraightThroughBernoulli
+from .transitions import FlowLaggedTransition, LaggedTransition
 
 __all__ = [
     "dag",
@@ -12,6 +14,7 @@ __all__ = [
     "mechanisms",
     "nn",
     "priors",
+    "transitions",
     "NB",
     "ZINB",
     "Gaussian",
@@ -26,4 +29,6 @@ __all__ = [
     "Horseshoe",
     "SparsityPrior",
     "StraightThroughBernoulli",
+    "FlowLaggedTransition",
+    "LaggedTransition",
 ]

@@ -22,6 +22,17 @@ variable it computes by a one-hot input, so each ``f_i`` is its own function of 
 parents. ``sigma`` are point-estimated base noise scales.
 With ``modulate_history=True`` a domain's shifts act on the initial steps as well (base
 distribution N(0, 1)), for data whose history already depends on the domain.
+With ``prior="flow"`` (LEAP / TDRL style) step ``t >= L`` is instead scored through a
+learned inverse transition, component-wise given the history::
+
+    v_n,t,i   = (z_n,t,i - f_i(.) - target_{u,i} mean_shift_{u,i})
+                / (sigma_i exp(target_{u,i} log_scale_shift_{u,i} + s_i(.)))
+    eps_n,t,i = sinh(exp(tau_i(.)) asinh(v_n,t,i) - skew_i(.))  ~ p_base   # N(0,1) or Laplace
+    log p(z_n,t | history) = sum_i log p_base(eps_n,t,i) + log |d eps_n,t,i / d z_n,t,i|
+
+(``(.)`` the masked window; with ``transition="linear"``, ``s = 0`` and ``skew, tau`` are
+learned per-variable constants), so the domain still shifts the mean and noise scale of its
+targets, and the noise shape is learned (:mod:`causalzoo.blocks.transitions`).
 The transition log-density of a whole path is computed at once from the path (every ``z_t``
 is a latent site, so all windows are known): no loop over time in the ELBO. Prior sampling
 runs the recursion with ``jax.lax.scan``.
@@ -42,8 +53,7 @@ The invariant block ``z_inv`` is claimed only up to a block-invertible map.
 Snapshot mode (each cell measured once, at its own time point) is
 :mod:`causalzoo.models.dynamical_snapshot`: the same mechanisms, with cells drawn from the
 population law at their time step.
-Not implemented yet (see ``docs/models/dynamical.md``): the flow-style prior for
-non-Gaussian noise (learned inverse transition plus its Jacobian), domain labels per step.
+Not implemented yet (see ``docs/models/dynamical.md``): domain labels per step.
 
 References
 ----------
@@ -60,27 +70,34 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
-from jax import lax
 from numpyro import handlers
-from numpyro.distributions import constraints
 
 from .._errors import CausalZooError
 from ..blocks.likelihoods import Likelihood, get_likelihood
-from ..blocks.nn import MLP, attach, default_factory
+from ..blocks.nn import attach, default_factory
 from ..blocks.priors import StraightThroughBernoulli
+from ..blocks.transitions import (
+    FLOW_BASES,
+    PRIORS,
+    FlowLaggedTransition,
+    LaggedTransition,
+    flow_transition,
+    lagged_transition,
+    transition_mean,
+)
 
 __all__ = [
     "DynamicalConfig",
+    "FlowLaggedTransition",
     "LaggedTransition",
-    "dynamical_model",
     "dynamical_guide",
+    "dynamical_model",
     "global_guide",
 ]
 
@@ -110,6 +127,14 @@ class DynamicalConfig:
         ``"gaussian"`` (default, continuous sequences), ``"nb"``, ``"zinb"``, ``"poisson"``.
     transition : {"mlp", "linear"}
         Nonlinear per-variable mechanisms, or a sparse linear VAR.
+    prior : {"gaussian", "flow"}
+        Transition prior: the conditional Gaussian (default), or the flow prior (a learned
+        component-wise inverse transition to the noise plus its exact Jacobian, LEAP / TDRL
+        style; :class:`~causalzoo.blocks.transitions.FlowLaggedTransition`) for noise that is
+        not Gaussian or whose scale and shape depend on the history.
+    flow_base : {"normal", "laplace"}
+        Base distribution of the flow prior's noise (unit variance); ignored by the
+        Gaussian prior.
     edge_probability : float
         Prior probability of each lagged edge ``z_{t-l, j} -> z_{t, i}``.
     target_probability : float
@@ -124,6 +149,8 @@ class DynamicalConfig:
     networks : mapping, optional
         Custom network factories by name (``decoder``, ``encoder``, ``encoder_invariant``,
         ``transition``): ``factory(in_features, out_features, *, rngs) -> nnx.Module``.
+        The transition network gets ``out_features=1`` under the Gaussian prior and 4 under
+        the flow prior (mean, log-scale, skew and log tail residuals).
     """
 
     n_latent: int = 4
@@ -133,6 +160,8 @@ class DynamicalConfig:
     n_layers: int = 2
     likelihood: str | Likelihood = "gaussian"
     transition: str = "mlp"
+    prior: str = "gaussian"
+    flow_base: str = "normal"
     edge_probability: float = 0.5
     target_probability: float = 0.5
     shift_scale: float = 1.0
@@ -160,8 +189,18 @@ class DynamicalConfig:
                 raise CausalZooError(f"{name} must be > 0; got {value!r}.")
         if self.transition not in TRANSITIONS:
             raise CausalZooError(
-                f"transition={self.transition!r}: use one of {list(TRANSITIONS)} (the flow "
-                "prior is not implemented yet)."
+                f"transition={self.transition!r}: use one of {list(TRANSITIONS)} (for the "
+                "flow-style transition prior, pass prior='flow')."
+            )
+        if self.prior not in PRIORS:
+            raise CausalZooError(
+                f"prior={self.prior!r}: use one of {list(PRIORS)} ('gaussian': conditional "
+                "Gaussian transitions; 'flow': learned inverse transition with its Jacobian)."
+            )
+        if self.flow_base not in FLOW_BASES:
+            raise CausalZooError(
+                f"flow_base={self.flow_base!r}: use one of {list(FLOW_BASES)} (the base "
+                "distribution of the flow prior's noise)."
             )
         unknown = set(self.networks or {}) - set(NETWORK_NAMES)
         if unknown:
@@ -212,117 +251,6 @@ class DynamicalConfig:
 DEFAULT_CONFIG = DynamicalConfig()
 
 
-class LaggedTransition(dist.Distribution):
-    """Distribution of a latent path ``z_{0:T}`` of ``k`` variables under an ``L``-lag prior.
-
-    The first ``n_lags`` steps are ``Normal(shift, initial_scale)`` (``Normal(0,
-    initial_scale)`` with ``initial_shift=False``); step ``t >= L`` is
-    ``Normal(mean_fn(window_t) + shift, scale)`` with ``window_t`` the ``(L, k)`` array
-    ``[z_{t-1}, ..., z_{t-L}]``. ``log_prob`` scores a whole path at once (all windows are
-    slices of the value); ``sample`` runs the recursion with ``lax.scan``.
-
-    Parameters
-    ----------
-    mean_fn : callable
-        ``(..., L, k) -> (..., k)``, the transition mean given the lagged window.
-    shift : array (..., k)
-        Per-unit additive mean shift (the domain's).
-    scale : array (..., k)
-        Per-unit noise scale.
-    initial_scale : array (..., k), optional
-        Per-unit scale of the first ``n_lags`` steps (default 1).
-    initial_shift : bool
-        Whether ``shift`` applies to the first ``n_lags`` steps too.
-    n_steps, n_lags : int
-        Path length ``T`` and number of lags ``L`` (``T > L``).
-
-    Examples
-    --------
-    >>> import jax, jax.numpy as jnp
-    >>> d = LaggedTransition(lambda w: 0.5 * w[..., 0, :], jnp.zeros((3, 2)), jnp.ones((3, 2)),
-    ...                      n_steps=5, n_lags=1)
-    >>> z = d.sample(jax.random.key(0))
-    >>> z.shape, d.log_prob(z).shape
-    ((3, 5, 2), (3,))
-    """
-
-    arg_constraints = {
-        "shift": constraints.real,
-        "scale": constraints.positive,
-        "initial_scale": constraints.positive,
-    }
-    support = constraints.independent(constraints.real, 2)
-    reparametrized_params = ["shift", "scale", "initial_scale"]
-    pytree_aux_fields = ("mean_fn", "n_lags", "initial_shift")
-
-    def __init__(self, mean_fn, shift, scale, initial_scale=1.0, *, initial_shift: bool = True,
-                 n_steps: int, n_lags: int, validate_args=None):
-        if n_steps <= n_lags:
-            raise CausalZooError(
-                f"Sequences of {n_steps} steps are too short for {n_lags} lag(s): need at "
-                "least n_lags + 1 steps. Use fewer lags or longer sequences."
-            )
-        self.mean_fn = mean_fn
-        self.n_lags = n_lags
-        self.initial_shift = bool(initial_shift)
-        self.shift, self.scale, self.initial_scale = jnp.broadcast_arrays(
-            shift, scale, initial_scale
-        )
-        k = jnp.shape(self.shift)[-1]
-        super().__init__(
-            batch_shape=jnp.shape(self.shift)[:-1],
-            event_shape=(n_steps, k),
-            validate_args=validate_args,
-        )
-
-    def windows(self, value):
-        """The lagged windows ``(..., T - L, L, k)`` of a path (lag 1 first)."""
-        n_steps, lags = self.event_shape[0], self.n_lags
-        return jnp.stack(
-            [value[..., lags - l : n_steps - l, :] for l in range(1, lags + 1)], axis=-2
-        )
-
-    def transition_loc(self, value):
-        """Mean of steps ``L..T-1`` given the path, ``(..., T - L, k)``."""
-        return self.mean_fn(self.windows(value)) + self.shift[..., None, :]
-
-    def step_log_prob(self, value):
-        """Log-density of each step given its history, ``(..., T)`` (sums to ``log_prob``)."""
-        lags = self.n_lags
-        initial_loc = self.shift[..., None, :] if self.initial_shift else 0.0
-        initial = dist.Normal(initial_loc, self.initial_scale[..., None, :])
-        initial = initial.log_prob(value[..., :lags, :]).sum(-1)
-        later = dist.Normal(self.transition_loc(value), self.scale[..., None, :])
-        return jnp.concatenate([initial, later.log_prob(value[..., lags:, :]).sum(-1)], axis=-1)
-
-    def log_prob(self, value):
-        return self.step_log_prob(value).sum(-1)
-
-    def sample(self, key, sample_shape=()):
-        lags, (n_steps, k) = self.n_lags, self.event_shape
-        shape = sample_shape + self.batch_shape
-        key_init, key_eps = jax.random.split(key)
-        shift = jnp.broadcast_to(self.shift, shape + (k,))
-        scale = jnp.broadcast_to(self.scale, shape + (k,))
-        initial_scale = jnp.broadcast_to(self.initial_scale, shape + (k,))
-        initial = jax.random.normal(key_init, shape + (lags, k))
-        initial = initial_scale[..., None, :] * initial
-        if self.initial_shift:
-            initial = initial + shift[..., None, :]
-        eps = jax.random.normal(key_eps, (n_steps - lags,) + shape + (k,))
-
-        def step(window, e):  # window (..., L, k), lag 1 first
-            z = self.mean_fn(window) + shift + scale * e
-            return jnp.concatenate([z[..., None, :], window[..., :-1, :]], axis=-2), z
-
-        _, later = lax.scan(step, jnp.flip(initial, axis=-2), eps)
-        return jnp.concatenate([initial, jnp.moveaxis(later, 0, -2)], axis=-2)
-
-    @property
-    def mean(self):
-        raise NotImplementedError("The path mean has no closed form for nonlinear mechanisms.")
-
-
 class _scaled:
     """``handlers.scale`` by ``total / batch`` when the batch is a minibatch, else nothing."""
 
@@ -366,45 +294,56 @@ def _shapes(x, u, n_steps, n_features, n_domains):
     return u.shape[0], n_steps, n_features
 
 
-def _residual_mlp(in_features, out_features, *, rngs, **kwargs):
-    """An MLP without LayerNorm whose output layer starts at zero: the nonlinear residual of
-    the transition starts switched off and grows where the data ask for it."""
-    net = MLP(in_features, out_features, rngs=rngs, layer_norm=False, **kwargs)
-    net.out.kernel[...] = jnp.zeros_like(net.out.kernel[...])
-    return net
-
-
 def transition_mean_fn(config: DynamicalConfig, lag_graph):
-    """The transition mean ``window (..., L, k) -> (..., k)`` (declares the network/params).
+    """The conditional-Gaussian transition mean ``window (..., L, k) -> (..., k)`` of a
+    configuration (declares the network/params); see
+    :func:`causalzoo.blocks.transitions.transition_mean`."""
+    return transition_mean(lag_graph, **_mechanism_kwargs(config))
 
-    ``lag_graph`` is ``(k, L, k)``: entry ``[i, l, j]`` gates parent ``z_{t-l-1, j}`` of child
-    ``z_{t, i}``. A child's masked window is all the mechanism sees of the past. The linear
-    part is always there; ``transition="mlp"`` adds a nonlinear residual, an MLP without
-    LayerNorm (normalising the hidden layer would make the mechanism blind to the scale of
-    its parents).
+
+def transition_fn(config: DynamicalConfig, lag_graph):
+    """The function of the window the configured prior takes: the Gaussian mean
+    (``prior="gaussian"``) or the flow's conditional inverse (``prior="flow"``,
+    :func:`causalzoo.blocks.transitions.flow_transition`)."""
+    if config.prior == "flow":
+        return flow_transition(lag_graph, **_mechanism_kwargs(config))
+    return transition_mean_fn(config, lag_graph)
+
+
+def _mechanism_kwargs(config: DynamicalConfig) -> dict[str, Any]:
+    return {"kind": config.transition, "factory": (config.networks or {}).get("transition"),
+            "n_hidden": config.n_hidden, "n_layers": config.n_layers,
+            "activation": config.activation}
+
+
+def model_blocks(config: DynamicalConfig, n_domains: int, n_features: int, x, library_size,
+                 *, library_shape: str):
+    """What both data modes declare first, in this order: the global sites, the base noise
+    scales, the transition and the decoder; and the library sizes (``x.sum(-1)`` by
+    default for count likelihoods).
+
+    Returns
+    -------
+    globals_, log_sigma, fn, decoder, library_size
+        ``globals_`` is ``(lag_graph, target, mean_shift, log_scale_shift)``; ``fn`` the
+        function of the window of :func:`transition_fn`.
     """
-    k, lags = config.n_latent, config.n_lags
-    weights = numpyro.param("transition_weights", jnp.zeros((k, lags, k)))
-
-    def linear(window):
-        return jnp.einsum("...lj,ilj->...i", window, weights * lag_graph)
-
-    if config.transition == "linear":
-        return linear
-    factory = (config.networks or {}).get("transition") or partial(
-        _residual_mlp, n_hidden=config.n_hidden, n_layers=max(config.n_layers, 1),
-        activation=config.activation,
+    lik = config.likelihood_block
+    k, k_inv = config.n_latent, config.n_latent_invariant
+    globals_ = global_sites(n_domains, config)
+    log_sigma = numpyro.param("log_transition_scale", jnp.zeros(k))
+    fn = transition_fn(config, globals_[0])
+    decoder = attach(
+        "decoder",
+        lambda rngs: config.network("decoder")(k_inv + k, lik.n_outputs * n_features, rngs=rngs),
     )
-    net = attach("transition", lambda rngs: factory(lags * k + k, 1, rngs=rngs))
-    identity = jnp.eye(k)
-
-    def mlp(window):
-        masked = window[..., None, :, :] * lag_graph  # (..., k_child, L, k_parent)
-        flat = masked.reshape(masked.shape[:-2] + (lags * k,))
-        which = jnp.broadcast_to(identity, flat.shape[:-1] + (k,))
-        return linear(window) + net(jnp.concatenate([flat, which], axis=-1))[..., 0]
-
-    return mlp
+    if library_size is None and x is not None and lik.uses_library:
+        library_size = x.sum(-1)
+    if library_size is None and lik.uses_library:
+        raise CausalZooError(
+            f"Pass `library_size` {library_shape} when `x` is None for counts."
+        )
+    return globals_, log_sigma, fn, decoder, library_size
 
 
 def global_sites(n_domains: int, config: DynamicalConfig):
@@ -474,18 +413,11 @@ def dynamical_model(
     """
     n_batch, n_steps, n_features = _shapes(x, u, n_steps, n_features, n_domains)
     lik = config.likelihood_block
-    k, k_inv, lags = config.n_latent, config.n_latent_invariant, config.n_lags
-    lag_graph, target, mean_shift, log_scale_shift = global_sites(n_domains, config)
-    log_sigma = numpyro.param("log_transition_scale", jnp.zeros(k))
-    mean_fn = transition_mean_fn(config, lag_graph)
-    decoder = attach(
-        "decoder",
-        lambda rngs: config.network("decoder")(k_inv + k, lik.n_outputs * n_features, rngs=rngs),
+    k_inv, lags = config.n_latent_invariant, config.n_lags
+    (lag_graph, target, mean_shift, log_scale_shift), log_sigma, fn, decoder, library_size = (
+        model_blocks(config, n_domains, n_features, x, library_size,
+                     library_shape="(units, steps)")
     )
-    if library_size is None and x is not None and lik.uses_library:
-        library_size = x.sum(-1)
-    if library_size is None and lik.uses_library:
-        raise CausalZooError("Pass `library_size` (units, steps) when `x` is None for counts.")
 
     shift = (target * mean_shift)[u]
     domain_log_scale = (target * log_scale_shift)[u]
@@ -498,10 +430,11 @@ def dynamical_model(
                 )
             z = numpyro.sample(
                 "z",
-                LaggedTransition(
-                    mean_fn, shift, jnp.exp(log_sigma + domain_log_scale),
+                lagged_transition(
+                    config.prior, fn, shift, jnp.exp(log_sigma + domain_log_scale),
                     jnp.exp(domain_log_scale) if config.modulate_history else 1.0,
-                    initial_shift=config.modulate_history, n_steps=n_steps, n_lags=lags,
+                    base=config.flow_base, initial_shift=config.modulate_history,
+                    n_steps=n_steps, n_lags=lags,
                 ),
             )
         h = z if z_inv is None else jnp.concatenate(

@@ -32,6 +32,12 @@ Gradients flow through the particles to the mechanisms, the lag graph and the sh
 population trajectory is what the time points constrain. Each cell's latent path up to its
 time is thereby inferred as a population quantity (``predict`` samples it), not per cell.
 
+With ``prior="flow"`` each particle step is pushed through the learned transition of
+:class:`~causalzoo.blocks.transitions.FlowLaggedTransition` (the fixed normal draws mapped
+to the flow's base by their quantile), and a cell's prior is the mixture over the particles
+of the flow step laws (:class:`FlowParticleMixture`): ``p_u(z_s) = 1/P sum_p p_flow(z_s |
+window of particle p before s)``, each scored by the learned inverse and its Jacobian.
+
 Guide: amortised over cells, ``q(z_n | x_n)`` and ``q(z_inv | x_n)`` (the encoder sees the
 expression only, so new cells embed without labels); the global factors are those of
 sequence mode.
@@ -56,9 +62,15 @@ import jax
 import jax.numpy as jnp
 import numpyro
 import numpyro.distributions as dist
+from numpyro.distributions import constraints
 
 from .._errors import CausalZooError
-from ..blocks.nn import attach
+from ..blocks.transitions import (
+    flow_forward,
+    flow_log_prob,
+    normal_to_base,
+    scan_lagged,
+)
 from .dynamical import (
     DEFAULT_CONFIG,
     DynamicalConfig,
@@ -66,11 +78,12 @@ from .dynamical import (
     _scaled,
     encoder_input,
     global_guide,
-    global_sites,
-    transition_mean_fn,
+    model_blocks,
 )
 
 __all__ = [
+    "FlowParticleMixture",
+    "flow_population_particles",
     "path_length",
     "population_marginal",
     "population_particles",
@@ -112,24 +125,121 @@ def population_particles(mean_fn, shift, scale, initial_scale, *, initial_shift:
         s])``: for ``s >= L``, ``loc`` is the transition mean from particle ``p``'s window.
     """
     shift, scale, initial_scale = shift[:, None, :], scale[:, None, :], initial_scale[:, None, :]
-    initial_loc = shift if initial_shift else jnp.zeros_like(shift)
-    initial = initial_loc[:, :, None, :] + initial_scale[:, :, None, :] * noise[None, :, :n_lags]
+    initial, initial_loc = _initial_particles(shift, initial_scale, initial_shift, noise, n_lags)
 
     def step(window, eps):  # window (D, P, L, k), lag 1 first; eps (P, k)
         loc = mean_fn(window) + shift
         z = loc + scale * eps
-        return jnp.concatenate([z[..., None, :], window[..., :-1, :]], axis=-2), loc
+        return z, loc
 
-    _, later = jax.lax.scan(step, jnp.flip(initial, axis=-2),
-                            jnp.moveaxis(noise[:, n_lags:], 1, 0))
+    later = _propagate(step, initial, noise[:, n_lags:])
     initial_locs = jnp.broadcast_to(initial_loc[:, :, None, :], initial.shape)
-    loc = jnp.concatenate([initial_locs, jnp.moveaxis(later, 0, 2)], axis=2)
+    loc = jnp.concatenate([initial_locs, later], axis=2)
     n_later = n_steps - n_lags
     comp_scale = jnp.concatenate(
         [jnp.broadcast_to(initial_scale, (shift.shape[0], n_lags, shift.shape[-1])),
          jnp.broadcast_to(scale, (shift.shape[0], n_later, shift.shape[-1]))], axis=1
     )
     return loc, comp_scale
+
+
+def _initial_particles(shift, initial_scale, initial_shift, noise, n_lags):
+    """The particles' first ``n_lags`` steps ``(D, P, L, k)`` and their mean ``(D, 1, k)``."""
+    initial_loc = shift if initial_shift else jnp.zeros_like(shift)
+    initial = initial_loc[:, :, None, :] + initial_scale[:, :, None, :] * noise[None, :, :n_lags]
+    return initial, initial_loc
+
+
+def _propagate(step, initial, noise_later):
+    """:func:`~causalzoo.blocks.transitions.scan_lagged` over the steps after the history
+    (``noise_later`` is ``(P, steps, k)``); returns the outputs stacked on axis 2."""
+    later = scan_lagged(step, initial, jnp.moveaxis(noise_later, 1, 0))
+    return jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 2), later)
+
+
+def flow_population_particles(flow_fn, shift, scale, initial_scale, *, base: str,
+                              initial_shift: bool, n_steps: int, n_lags: int, noise):
+    """The particle cloud of :func:`population_particles` under the flow prior.
+
+    Each particle step ``s >= L`` is pushed through the learned transition,
+    ``z = flow_forward(eps, ...)``, with ``eps`` the fixed normal draw mapped to the base by
+    its quantile (:func:`causalzoo.blocks.transitions.normal_to_base`).
+
+    Returns
+    -------
+    paths : array (D, P, n_steps, k)
+        The particles themselves.
+    components : tuple of four arrays (D, P, n_steps, k)
+        ``(loc, scale, skew, log_tail)`` of each particle's step law: for ``s >= L`` the
+        flow given the particle's window (:func:`causalzoo.blocks.transitions.flow_log_prob`);
+        for ``s < L`` the initial Gaussian (``skew = log_tail = 0``).
+    """
+    shift, scale, initial_scale = shift[:, None, :], scale[:, None, :], initial_scale[:, None, :]
+    initial, initial_loc = _initial_particles(shift, initial_scale, initial_shift, noise, n_lags)
+
+    def step(window, eps):  # window (D, P, L, k); eps (P, k)
+        p = flow_fn(window)
+        params = (p.loc + shift, scale * jnp.exp(p.log_scale), p.skew, p.log_tail)
+        z = flow_forward(normal_to_base(eps, base), *params)
+        return z, (z, *params)
+
+    later_z, *later = _propagate(step, initial, noise[:, n_lags:])
+    paths = jnp.concatenate([initial, later_z], axis=2)
+    zeros = jnp.zeros_like(initial)
+    first = (jnp.broadcast_to(initial_loc[:, :, None, :], initial.shape),
+             jnp.broadcast_to(initial_scale[:, :, None, :], initial.shape), zeros, zeros)
+    components = tuple(jnp.concatenate([a, b], axis=2) for a, b in zip(first, later))
+    return paths, components
+
+
+class FlowParticleMixture(dist.Distribution):
+    """The cells' prior under the flow prior: an equal-weight mixture over the particles of
+    the flow step laws, ``p(z) = 1/P sum_p p_flow(z | particle p's window)``.
+
+    Parameters
+    ----------
+    loc, scale, skew, log_tail : arrays (cells, P, k)
+        Each component's flow parameters (see :func:`flow_population_particles`).
+    initial : bool array (cells,)
+        Cells in the first ``n_lags`` steps, whose components are Gaussian (the flow's
+        ``base`` applies to later steps only).
+    base : {"normal", "laplace"}
+    """
+
+    arg_constraints = {"loc": constraints.real, "scale": constraints.positive}
+    support = constraints.real_vector
+    pytree_data_fields = ("loc", "scale", "skew", "log_tail", "initial")
+    pytree_aux_fields = ("base",)
+
+    def __init__(self, loc, scale, skew, log_tail, initial, *, base: str = "normal",
+                 validate_args=None):
+        self.loc, self.scale, self.skew, self.log_tail = loc, scale, skew, log_tail
+        self.initial = jnp.asarray(initial)
+        self.base = base
+        super().__init__(batch_shape=jnp.shape(loc)[:-2], event_shape=jnp.shape(loc)[-1:],
+                         validate_args=validate_args)
+
+    def log_prob(self, value):
+        z = value[..., None, :]  # against every particle
+        flow = flow_log_prob(z, self.loc, self.scale, self.skew, self.log_tail, self.base)
+        gauss = flow_log_prob(z, self.loc, self.scale, self.skew, self.log_tail, "normal")
+        comps = jnp.where(self.initial[..., None, None], gauss, flow).sum(-1)
+        return jax.nn.logsumexp(comps, axis=-1) - jnp.log(comps.shape[-1])
+
+    def sample(self, key, sample_shape=()):
+        key_pick, key_eps = jax.random.split(key)
+        n_particles = self.loc.shape[-2]
+        shape = sample_shape + self.batch_shape
+        pick = jax.random.randint(key_pick, shape, 0, n_particles)
+
+        def take(a):
+            a = jnp.broadcast_to(a, shape + a.shape[-2:])
+            return jnp.take_along_axis(a, pick[..., None, None], axis=-2)[..., 0, :]
+
+        eps = jax.random.normal(key_eps, shape + self.event_shape)
+        eps = jnp.where(self.initial[..., None], eps, normal_to_base(eps, self.base))
+        return flow_forward(eps, *(take(a) for a in (self.loc, self.scale, self.skew,
+                                                     self.log_tail)))
 
 
 def population_marginal(loc, comp_scale, u, time_index):
@@ -239,35 +349,39 @@ def snapshot_model(
     k, k_inv, lags = config.n_latent, config.n_latent_invariant, config.n_lags
     n_path = path_length(n_times, lags)
     time_index = jnp.asarray(time_index)
-    lag_graph, target, mean_shift, log_scale_shift = global_sites(n_domains, config)
-    log_sigma = numpyro.param("log_transition_scale", jnp.zeros(k))
-    mean_fn = transition_mean_fn(config, lag_graph)
-    decoder = attach(
-        "decoder",
-        lambda rngs: config.network("decoder")(k_inv + k, lik.n_outputs * n_features, rngs=rngs),
+    (lag_graph, target, mean_shift, log_scale_shift), log_sigma, fn, decoder, library_size = (
+        model_blocks(config, n_domains, n_features, x, library_size, library_shape="(cells,)")
     )
-    if library_size is None and x is not None and lik.uses_library:
-        library_size = x.sum(-1)
-    if library_size is None and lik.uses_library:
-        raise CausalZooError("Pass `library_size` (cells,) when `x` is None for counts.")
 
     active = domain_activity(n_domains, control_domain)
     domain_log_scale = active * target * log_scale_shift
-    loc, comp_scale = population_particles(
-        mean_fn, active * target * mean_shift, jnp.exp(log_sigma + domain_log_scale),
+    domain_args = (
+        active * target * mean_shift, jnp.exp(log_sigma + domain_log_scale),
         jnp.exp(domain_log_scale) if config.modulate_history else jnp.ones_like(mean_shift),
-        initial_shift=config.modulate_history, n_steps=n_path, n_lags=lags,
-        noise=quadrature_noise(n_particles, n_path, k),
     )
-    # the particles themselves (transition mean + their own fixed noise), for inspection
-    population = numpyro.deterministic(
-        "population", loc + comp_scale[:, None] * quadrature_noise(n_particles, n_path, k)
-    )
+    noise = quadrature_noise(n_particles, n_path, k)
+    if config.prior == "flow":
+        paths, components = flow_population_particles(
+            fn, *domain_args, base=config.flow_base, initial_shift=config.modulate_history,
+            n_steps=n_path, n_lags=lags, noise=noise,
+        )
+        population = numpyro.deterministic("population", paths)
+        cell_components = [a[u, :, time_index] for a in components]  # (cells, P, k)
+        prior_z = FlowParticleMixture(*cell_components, time_index < lags,
+                                      base=config.flow_base)
+    else:
+        loc, comp_scale = population_particles(
+            fn, *domain_args, initial_shift=config.modulate_history, n_steps=n_path,
+            n_lags=lags, noise=noise,
+        )
+        # the particles themselves (transition mean + their own fixed noise), for inspection
+        population = numpyro.deterministic("population", loc + comp_scale[:, None] * noise)
+        prior_z = population_marginal(loc, comp_scale, u, time_index)
     z_inv = None
     with _scaled(n_batch, n_cells), numpyro.plate("cells", n_batch, dim=-1):
         if k_inv:
             z_inv = numpyro.sample("z_inv", dist.Normal(0.0, 1.0).expand([k_inv]).to_event(1))
-        z = numpyro.sample("z", population_marginal(loc, comp_scale, u, time_index))
+        z = numpyro.sample("z", prior_z)
         h = z if z_inv is None else jnp.concatenate([z_inv, z], axis=-1)
         x = numpyro.sample("x", lik(decoder(h), library_size).to_event(1), obs=x)
     return {"z_inv": z_inv, "z": z, "population": population, "lag_graph": lag_graph,
