@@ -237,6 +237,33 @@ def test_shared_compiled_programs_take_each_models_own_parameters(fitted, contex
     assert _program_key(custom, 30) is None
 
 
+def test_response_rotation_is_kept_and_saved(fitted, tmp_path):
+    """rotate_response=True is the response block through response_rotation(); the rotation
+    is computed once per fit, saved, and forgotten by a new fit."""
+    raw = fitted.get_latent_representation(block="response")
+    rot = fitted.response_rotation()
+    assert fitted.response_rotation() is rot
+    assert fitted.response_rotation(n_starts=4) is not rot  # other settings: recomputed
+    rot = fitted.response_rotation()
+    rotated = fitted.get_latent_representation(block="response", rotate_response=True)
+    np.testing.assert_allclose(rotated, rot.transform(raw), rtol=1e-5, atol=1e-5)
+    control = rotated[fitted.adata.obs["perturbation"].astype(str).to_numpy() == "control"]
+    np.testing.assert_allclose(np.cov(control, rowvar=False), np.eye(3), atol=1e-4)
+    assert rot.conditions and "control" not in rot.conditions
+    both = fitted.get_latent_representation(rotate_response=True)
+    np.testing.assert_array_equal(both[:, SMALL["n_latent_invariant"]:], rotated)
+    path = fitted.save(tmp_path / "rotated")
+    loaded = cz.load(path)  # no data attached: the saved rotation is used
+    np.testing.assert_array_equal(loaded.response_rotation().rotation, rot.rotation)
+    refit = cz.load(path, adata=fitted.adata)
+    refit.fit(max_steps=2, batch_size=32, progress=False)
+    assert refit.response_rotation_ is None
+    no_data = cz.load(path)
+    no_data.response_rotation_ = None
+    with pytest.raises(CausalZooError, match="needs the training cells"):
+        no_data.response_rotation()
+
+
 def test_load_errors(fitted, tmp_path):
     good = fitted.save(tmp_path / "good")
 

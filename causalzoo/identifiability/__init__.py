@@ -7,7 +7,9 @@
 * :mod:`causalzoo.identifiability.generators`: seeded ground truth (sparse-perturbation
   counts, iVAE, LEAP, TDRL, CaRiNG, CITRIS-style temporal data);
 * :mod:`causalzoo.identifiability.assumptions`: sufficient variability, injectivity of
-  the mixing, acyclicity.
+  the mixing, acyclicity;
+* :mod:`causalzoo.identifiability.shift_rotation`: the whitening and rotation that make
+  perturbation shifts sparsest, which resolves latents identified only up to a linear map.
 
 >>> import causalzoo as cz
 >>> data = cz.identifiability.generators.sparse_perturbation(n_cells_per_condition=20, seed=0)
@@ -35,6 +37,7 @@ from .metrics import (
     null_mcc,
 )
 from .r2 import r2_kernel_ridge, r2_linear
+from .shift_rotation import ShiftRotation, sparse_shift_rotation
 
 __all__ = [
     "assumptions",
@@ -55,4 +58,6 @@ __all__ = [
     "check_injectivity",
     "check_acyclicity",
     "gaussian_natural_parameters",
+    "ShiftRotation",
+    "sparse_shift_rotation",
 ]
