@@ -25,6 +25,14 @@ instead of LEAP's changing noise, and ``--noise laplace`` re-simulates the chose
 latents with the same lag weights, noise scales and mixing but Laplace transition noise of
 the same standard deviation (non-Gaussian noise; the generators themselves draw Gaussian).
 
+Every row also prints the held-out linear and kernel-ridge R^2 of the truth from the
+estimate (information present but entangled vs absent) and the smallest, over domains, of
+a domain's largest target probability (whether the domains still act). ``--schedule
+cosine``, ``--fit-seed``, ``--shift-scale``, ``--log-scale-shift-scale`` and
+``--target-probability`` set the fit's schedule and seed and the model's priors (defaults:
+the model's). Measured diagnosis: ``docs/models/dynamical.md``, "Why recovery fails on
+seeds 1 and 2".
+
 Run: ``python benchmarks/recovery_dynamical.py --latents 3 --domains 20 --per-domain 150
 --steps 3000 --seed 0`` (the size of ``tests/identifiability/test_dynamical_recovery.py``),
 or ``--latents 8 --domains 20 --per-domain 7500 --steps 50000`` for LEAP's published
@@ -44,7 +52,13 @@ import numpy as np
 import pandas as pd
 
 import causalzoo as cz
-from causalzoo.identifiability import entangled_floor, graph_metrics, mcc
+from causalzoo.identifiability import (
+    entangled_floor,
+    graph_metrics,
+    mcc,
+    r2_kernel_ridge,
+    r2_linear,
+)
 
 
 def _leaky_relu(a, slope=0.2):
@@ -89,7 +103,21 @@ def make_data(args):
 
 def _config(args) -> dict:
     return {"n_hidden": args.hidden, "transition": args.transition, "prior": args.prior,
-            "flow_base": args.flow_base}
+            "flow_base": args.flow_base, "target_probability": args.target_probability,
+            "log_scale_shift_scale": args.log_scale_shift_scale,
+            "shift_scale": args.shift_scale}
+
+
+def _fit(model, args):
+    model.fit(max_steps=args.steps, batch_size=args.batch_size, seed=args.fit_seed,
+              learning_rate=args.lr, schedule=args.schedule, progress=False)
+
+
+def _r2(z, z_hat) -> dict:
+    """Linear and kernel-ridge R^2 of the truth from the estimate (held-out half): high R^2
+    with a low MCC means the information is there but entangled."""
+    return {"r2_linear": float(r2_linear(z, z_hat, seed=0)),
+            "r2_kernel": float(r2_kernel_ridge(z, z_hat, seed=0))}
 
 
 def run(args, shuffle: bool) -> dict:
@@ -102,8 +130,7 @@ def run(args, shuffle: bool) -> dict:
         x=data.x / data.x.std(), u=u, n_latent=d, n_lags=data.n_lags, **_config(args),
     )
     start = time.perf_counter()
-    model.fit(max_steps=args.steps, batch_size=args.batch_size, seed=0,
-              learning_rate=args.lr, progress=False)
+    _fit(model, args)
     seconds = time.perf_counter() - start
     z_hat = model.get_latent_representation()
     score, matching = mcc(data.z.reshape(-1, d), z_hat.reshape(-1, d), method="spearman",
@@ -118,6 +145,8 @@ def run(args, shuffle: bool) -> dict:
         "mcc_after_history": later,
         "floor_rotation": entangled_floor(data.z.reshape(-1, d), method="spearman",
                                           seed=0)["rotation"],
+        **_r2(data.z.reshape(-1, d), z_hat.reshape(-1, d)),
+        "min_target_prob": float(model.perturbation_targets().to_numpy().max(axis=1).min()),
         "shd": graph["shd"],
         "n_true_edges": int(data.graph.sum()),
         "precision": graph["precision"],
@@ -139,8 +168,7 @@ def run_snapshot(args) -> dict:
                                         time_step=1)
     model = cz.DynamicalCausalVAE(adata, n_latent=d, n_lags=data.n_lags, **_config(args))
     start = time.perf_counter()
-    model.fit(max_steps=args.steps, batch_size=args.batch_size, seed=0,
-              learning_rate=args.lr, progress=False)
+    _fit(model, args)
     seconds = time.perf_counter() - start
     z_hat = model.get_latent_representation()
     score, matching = mcc(snap.z, z_hat, method="spearman", return_matching=True)
@@ -151,6 +179,8 @@ def run_snapshot(args) -> dict:
         "mcc": score,
         "mcc_after_history": mcc(snap.z[later], z_hat[later], method="spearman"),
         "floor_rotation": entangled_floor(snap.z, method="spearman", seed=0)["rotation"],
+        **_r2(snap.z, z_hat),
+        "min_target_prob": float(model.perturbation_targets().to_numpy().max(axis=1).min()),
         "shd": graph["shd"],
         "n_true_edges": int(data.graph.sum()),
         "precision": graph["precision"],
@@ -170,6 +200,16 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=3000, help="SVI steps")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
+                        help="learning-rate schedule of DynamicalCausalVAE.fit")
+    parser.add_argument("--fit-seed", type=int, default=0, help="seed of the fit")
+    parser.add_argument("--target-probability", type=float, default=0.5,
+                        help="prior probability that a domain targets a latent")
+    parser.add_argument("--shift-scale", type=float, default=1.0,
+                        help="prior scale of the domains' mean shifts (small: variance-only "
+                        "modulation, as LEAP's generator)")
+    parser.add_argument("--log-scale-shift-scale", type=float, default=1.0,
+                        help="prior scale of the domains' log noise-scale shifts")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--transition", default="linear", choices=["linear", "mlp"])
     parser.add_argument("--prior", default="gaussian", choices=["gaussian", "flow"],

@@ -127,6 +127,21 @@ def test_input_errors():
         m.fit(max_steps=1, learning_rate=0.0)
     with pytest.raises(CausalZooError, match="batch_size"):
         m.fit(max_steps=1, batch_size=N + 1, progress=False)
+    with pytest.raises(CausalZooError, match="schedule='linear' is unknown"):
+        m.fit(max_steps=1, schedule="linear", progress=False)
+
+
+def test_cosine_schedule_decays_the_rates_and_is_recorded():
+    """schedule="cosine" changes the fit (a decaying rate), is recorded, and the constant
+    default records nothing new (so old checkpoints resume)."""
+    x, u = make_sequences()
+    kw = dict(max_steps=6, batch_size=32, learning_rate=1e-2, progress=False)
+    const = cz.DynamicalCausalVAE.from_arrays(x=x, u=u, **SMALL).fit(**kw)
+    cosine = cz.DynamicalCausalVAE.from_arrays(x=x, u=u, **SMALL).fit(schedule="cosine", **kw)
+    assert cosine.fit_info["schedule"] == "cosine" and "schedule" not in const.fit_info
+    # step 0 has the same rate under both, later steps a smaller one under cosine
+    assert cosine.history["loss"][0] == const.history["loss"][0]
+    assert not np.array_equal(cosine.history["loss"], const.history["loss"])
 
 
 def test_fit_checkpoints_and_resumes_through_the_engine(tmp_path):
