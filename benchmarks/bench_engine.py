@@ -36,6 +36,17 @@ analytic KL terms where registered, as of 2026-11-23):
     skip branch only), the fixed cost of a call. Slow at full size (500 steps per variant per
     round); ``--quick`` sizes are the worst case for per-call overheads anyway.
 
+``--components`` / ``--components-only`` (each ``--batch``; a third table)
+    Where a step of the plain NB VAE spends its time, all compiled in this process and timed
+    interleaved (``--component-rounds`` windows of ``--steps``, default 40, steps each): the
+    engine's step (``SVI.update`` under ``lax.cond`` in a ``lax.scan``, minibatches gathered on
+    the device, the engine's compiler options), the same with XLA:CPU's default fusion (no
+    compiler options), with the NB log-density causalzoo used before 2026-12-05
+    (``previous_nb_log_prob``: ``gammaln`` on the broadcast arrays, JAX autodiff), with both
+    (the engine before), and a hand-written JAX VAE of the same architecture (no NumPyro),
+    without LayerNorm, and with a Poisson term instead of the NB one (what a step costs
+    without the NB log-density).
+
 How steady state is timed: **several compiled calls after a warm-up**, not an N-vs-2N
 difference. For the engine, the script stands a clock in for the progress bar of
 ``causalzoo.inference.svi`` (``tqdm`` is replaced for the duration of the call), which
@@ -137,6 +148,12 @@ def parse_args(argv=None):
                    help="also time steps_per_call 50 vs 500 and the scan without lax.cond, interleaved "
                         "(first batch size only; long at full size)")
     p.add_argument("--ablation-rounds", type=int, default=3, help="rounds of the interleaved ablations")
+    p.add_argument("--components", action="store_true",
+                   help="also time where a VAE step's time goes (engine step with/without the NB "
+                        "log-density and XLA:CPU fusion changes, hand-written JAX VAE), interleaved")
+    p.add_argument("--component-rounds", type=int, default=5, help="rounds of the interleaved components")
+    p.add_argument("--components-only", action="store_true",
+                   help="run only the components table (no engine/ref-a/ref-b rows)")
     p.add_argument("--no-vae", action="store_true", help="skip reference (b), the plain VAE")
     p.add_argument("--mallopt", action="store_true", help="tuned glibc allocator (see docstring)")
     p.add_argument("--seed", type=int, default=0)
@@ -351,6 +368,179 @@ def run_ablations(data, cfg, batch, rounds, seed, work=500):
     return out
 
 
+# --------------------------------------------------------------------------- components
+
+
+def previous_nb_log_prob(value, log_mean, log_concentration):
+    """The NB log-density as causalzoo computed it before 2026-12-05: ``gammaln`` terms on the
+    broadcast cell x gene arrays, differentiated by JAX (kept here to measure the change)."""
+    from jax.scipy.special import gammaln
+
+    log_mean, log_concentration = jnp.broadcast_arrays(log_mean, log_concentration)
+    theta = jnp.exp(log_concentration)
+    log_theta_mu = jnp.logaddexp(log_concentration, log_mean)
+    return (gammaln(value + theta) - gammaln(theta) - gammaln(value + 1.0)
+            + theta * (log_concentration - log_theta_mu) + value * (log_mean - log_theta_mu))
+
+
+def _plan(n_cells, batch, steps, call_key):
+    """Minibatch indices and step keys of one call, as ``fit_svi`` draws them."""
+    steps_per_epoch = n_cells // batch
+    perm_keys = jax.random.split(call_key, -(-steps // steps_per_epoch) + 1)
+    perms = jax.vmap(lambda k: jax.random.permutation(k, n_cells))(perm_keys[1:])
+    idx = perms[:, : steps_per_epoch * batch].reshape(-1, batch)[:steps]
+    return idx, jax.random.split(perm_keys[0], steps)
+
+
+def _engine_step_call(cfg, x, lib, batch, steps, options):
+    """The engine's per-call function on the plain VAE: ``SVI.update`` under ``lax.cond`` in a
+    ``lax.scan``, minibatches gathered on the device, as in ``fit_svi``'s ``run_call``."""
+    from jax import lax
+
+    n_cells = x.shape[0]
+    svi = SVI(vae_model, vae_guide, optax.adam(LEARNING_RATE), AlignedELBO(0.0), n_cells=n_cells,
+              config=cfg)
+    state = jax.jit(lambda k: svi.init(k, x=x[:batch], library_size=lib[:batch]))(jax.random.key(0))
+
+    def run(state, key, x, lib):
+        idx, _ = _plan(n_cells, batch, steps, key)
+
+        def body(state, inputs):
+            i, rows = inputs
+            return lax.cond(i < steps, lambda s: svi.update(s, x=x[rows], library_size=lib[rows]),
+                            lambda s: (s, jnp.float32(jnp.nan)), state)
+
+        return lax.scan(body, state, (jnp.arange(steps), idx))
+
+    return jax.jit(run, compiler_options=options), state
+
+
+def _hand_written_call(x, lib, batch, steps, options, layer_norm=True, likelihood="nb"):
+    """The same VAE in plain JAX (no NumPyro): dict parameters, ``jax.value_and_grad`` of the
+    one-sample ELBO with analytic KL, ``optax.adam``, ``lax.scan`` over the steps."""
+    from jax import lax
+
+    from causalzoo.blocks.likelihoods import _nb_log_prob
+
+    n_cells, n_genes = x.shape
+    k, h = 10, 128
+
+    def init_mlp(key, d_in, d_out):
+        keys = jax.random.split(key, 3)
+        widths, p = [d_in, h, h], {}
+        for i in range(2):
+            p[f"w{i}"] = jax.random.normal(keys[i], widths[i:i + 2]) / np.sqrt(widths[i])
+            p[f"b{i}"] = jnp.zeros(h)
+            p[f"s{i}"], p[f"o{i}"] = jnp.ones(h), jnp.zeros(h)
+        p["wo"], p["bo"] = jax.random.normal(keys[2], (h, d_out)) / np.sqrt(h), jnp.zeros(d_out)
+        return p
+
+    def mlp(p, v):
+        for i in range(2):
+            v = v @ p[f"w{i}"] + p[f"b{i}"]
+            if layer_norm:
+                mean = v.mean(-1, keepdims=True)
+                var = jnp.mean(jnp.square(v - mean), -1, keepdims=True)
+                v = (v - mean) * lax.rsqrt(var + 1e-6) * p[f"s{i}"] + p[f"o{i}"]
+            v = jax.nn.relu(v)
+        return v @ p["wo"] + p["bo"]
+
+    key_enc, key_dec = jax.random.split(jax.random.key(0))
+    params = {"enc": init_mlp(key_enc, n_genes, 2 * k), "dec": init_mlp(key_dec, k, n_genes),
+              "log_theta": jnp.full((n_genes,), 2.0)}
+    opt = optax.adam(LEARNING_RATE)
+
+    def loss(params, key, xb, lb):
+        loc, raw = jnp.split(mlp(params["enc"], jnp.log1p(xb)), 2, -1)
+        scale = jax.nn.softplus(raw) + 1e-4
+        z = loc + scale * jax.random.normal(key, loc.shape)
+        log_mean = jax.nn.log_softmax(mlp(params["dec"], z), -1) + jnp.log(lb)[:, None]
+        if likelihood == "nb":
+            ll = _nb_log_prob(xb, log_mean, params["log_theta"]).sum()
+        else:  # Poisson without its lgamma(x + 1): what is left of a step without the NB term
+            ll = (xb * log_mean - jnp.exp(log_mean)).sum()
+        kl = (0.5 * (loc ** 2 + scale ** 2) - jnp.log(scale) - 0.5).sum()
+        return -(n_cells / batch) * (ll - kl)
+
+    def run(state, key, x, lib):
+        idx, keys = _plan(n_cells, batch, steps, key)
+
+        def body(state, inputs):
+            rows, step_key = inputs
+            params, opt_state = state
+            value, grads = jax.value_and_grad(loss)(params, step_key, x[rows], lib[rows])
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), value
+
+        return lax.scan(body, state, (idx, keys))
+
+    return jax.jit(run, compiler_options=options), (params, opt.init(params))
+
+
+def run_components(data, cfg, batch, steps, rounds, seed):
+    """Where a step's time goes: the engine's compiled VAE step with and without this
+    release's two changes, beside a hand-written JAX ``lax.scan`` VAE of the same architecture.
+    Compiled first, then timed interleaved (``rounds`` windows of ``steps`` steps each)."""
+    import causalzoo.blocks.likelihoods as lik_mod
+
+    options = svi_mod._compiler_options(None)
+    x, lib = jnp.asarray(data["x"]), jnp.asarray(data["library_size"])
+    fast_nb = lik_mod._nb_log_prob
+    variants = [
+        ("engine step (this release)", False, lambda: _engine_step_call(cfg, x, lib, batch, steps, options)),
+        ("engine step, default XLA:CPU fusion", False,
+         lambda: _engine_step_call(cfg, x, lib, batch, steps, None)),
+        ("engine step, previous NB log-density", True,
+         lambda: _engine_step_call(cfg, x, lib, batch, steps, options)),
+        ("engine step, both previous (before)", True,
+         lambda: _engine_step_call(cfg, x, lib, batch, steps, None)),
+        ("hand-written JAX VAE", False, lambda: _hand_written_call(x, lib, batch, steps, options)),
+        ("hand-written, no LayerNorm", False,
+         lambda: _hand_written_call(x, lib, batch, steps, options, layer_norm=False)),
+        ("hand-written, Poisson instead of NB", False,
+         lambda: _hand_written_call(x, lib, batch, steps, options, likelihood="poisson")),
+    ]
+    built = []
+    for name, previous_nb, build in variants:
+        t0 = time.perf_counter()
+        lik_mod._nb_log_prob = previous_nb_log_prob if previous_nb else fast_nb
+        try:  # traced (and compiled) by the first call, while the chosen NB is in place
+            fn, state = build()
+            # Three calls: the first compiles; the state it returns can differ from the
+            # initial one in weak types, which retraces once more (the hand-written rows).
+            for _ in range(3):
+                state, losses = fn(state, jax.random.key(seed), x, lib)
+                jax.block_until_ready(losses)
+        finally:
+            lik_mod._nb_log_prob = fast_nb
+        built.append([name, fn, state, time.perf_counter() - t0, float(losses[-1]) / x.shape[0]])
+        print(f"# component {name}: compile + 3 warm-up calls {built[-1][3]:.1f} s", flush=True)
+    walls = {name: [] for name, *_ in built}
+    cpus = {name: [] for name, *_ in built}
+    for r in range(rounds):
+        for j in range(len(built)):
+            entry = built[(j + r) % len(built)]
+            name, fn, state = entry[:3]
+            w0, c0 = time.perf_counter(), time.process_time()
+            state, losses = fn(state, jax.random.key(seed + 1 + r), x, lib)
+            jax.block_until_ready(losses)
+            walls[name].append(time.perf_counter() - w0)
+            cpus[name].append(time.process_time() - c0)
+            entry[2] = state
+    first = built[0][0]
+    out = []
+    for name, _, _, compile_s, loss_per_cell in built:
+        paired = [walls[first][i] / walls[name][i] for i in range(rounds)]
+        out.append({
+            "variant": name, "cells_per_s": steps * batch / statistics.median(walls[name]),
+            "windows_cells_per_s": [steps * batch / w for w in walls[name]],
+            "paired_ratio_to_first": statistics.median(paired),
+            "cells_per_cpu_s": steps * batch / statistics.median(cpus[name]),
+            "compile_s": compile_s, "loss_per_cell": loss_per_cell,
+        })
+    return out
+
+
 def run_engine(name, model, guide, data, cfg, batch, repeats, steps_per_call, seed):
     n_cells = data["x"].shape[0]
     if steps_per_call is None:  # the engine's default, reproduced to size the run
@@ -550,6 +740,30 @@ def main(argv=None):
     print("# fp32 GEMM (jitted jnp.matmul, best of 3): " + ", ".join(
         f"{g['shape']} {g['gflops']:.0f}" for g in gemm) + f" GFLOP/s; peak used {gemm_peak:.0f}")
 
+    components = []
+    if a.components or a.components_only:
+        steps = a.steps or 40
+        for b in a.batch:
+            comp = run_components(data, cfg, b, steps, a.component_rounds, a.seed)
+            print(f"\n# components, B={b}: compiled calls of {steps} steps, interleaved, "
+                  f"{a.component_rounds} rounds; engine options {svi_mod._compiler_options(None)}")
+            print_table(
+                ["variant", "cells/s median (min-max)", "paired vs first", "cells/CPU-s", "compile s",
+                 "loss/cell"],
+                [[r["variant"],
+                  (f"{r['cells_per_s']:,.0f} ({min(r['windows_cells_per_s']):,.0f}-"
+                   f"{max(r['windows_cells_per_s']):,.0f})"),
+                  f"{r['paired_ratio_to_first']:.2f}", f"{r['cells_per_cpu_s']:,.0f}",
+                  f"{r['compile_s']:.1f}", f"{r['loss_per_cell']:,.1f}"] for r in comp])
+            components += [dict(r, batch=b) for r in comp]
+            print(f"# load average {os.getloadavg()[0]:.2f}", flush=True)
+    if a.components_only:
+        if a.json:
+            with open(a.json, "w") as fh:
+                json.dump({"meta": meta, "gemm": gemm, "components": components}, fh, indent=2)
+            print(f"# wrote {a.json}")
+        return
+
     init = measure_init(sparse_perturbation_model, sparse_perturbation_guide, data, cfg, a.batch[0], a.seed)
     print(f"# sparse model svi.init at B={a.batch[0]}: cold (first in process) {init['init_cold_s']:.1f} s, "
           f"again {init['init_warm_s']:.1f} s, jax.jit(svi.init) {init['init_jit_s']:.1f} s")
@@ -606,7 +820,7 @@ def main(argv=None):
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"meta": meta, "init": init, "gemm": gemm, "gemm_peak_gflops": gemm_peak,
-                       "rows": rows, "ablations": ablations,
+                       "rows": rows, "ablations": ablations, "components": components,
                        "peak_rss_mib": peak_rss_mib, "total_seconds": total}, fh, indent=2)
         print(f"# wrote {a.json}")
 

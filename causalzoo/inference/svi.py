@@ -9,7 +9,10 @@ Design, in the words of ``DESIGN.md``'s performance rules:
   fit that is not a whole number of calls runs the same compiled function with the surplus
   steps switched off (``lax.cond``), so nothing recompiles;
 * the host sees the device once per call: to update the progress bar, record the losses and
-  check for a plateau or a non-finite loss.
+  check for a plateau or a non-finite loss;
+* on CPU the compiled call leaves reductions to XLA's own fusion rather than YNNPACK's, so
+  the cell x gene terms of the likelihood fuse into the ELBO's sums (see
+  ``_CPU_COMPILER_OPTIONS``).
 
 Reliability (``docs/guides/reliability.md``):
 
@@ -36,7 +39,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +186,41 @@ def two_speed_adam(
 
 def _default_batch(key, idx, data):
     return {name: value[idx] for name, value in data.items()}
+
+
+# XLA:CPU in jaxlib 0.12 hands reductions to YNNPACK "library fusions", which take no
+# transcendental elementwise ops: every cell x gene intermediate that feeds one of the ELBO's
+# sums (log, exp, divisions of the NB log-density and its derivative) is then written to
+# memory by a loop of its own and read back, instead of being fused into the reduction. On
+# the NB VAE of benchmarks/bench_peers.py that doubled the time of an SVI step
+# (docs/performance.md). The engine's compiled call therefore asks XLA to keep YNNPACK for
+# matrix products only. It is a per-``jit`` compiler option (no global JAX or XLA setting is
+# touched), passed only on CPU and only when the installed jaxlib accepts it.
+_CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type":
+        "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+}
+
+
+@cache
+def _cpu_options_accepted() -> bool:
+    """Whether this jaxlib's CPU compiler knows ``_CPU_COMPILER_OPTIONS`` (an experimental
+    flag: it may be renamed or dropped in another version, and then nothing is passed)."""
+    try:
+        probe = jax.jit(lambda v: v + 1, compiler_options=_CPU_COMPILER_OPTIONS)
+        probe.lower(jax.ShapeDtypeStruct((1,), jnp.float32)).compile()
+    except (jax.errors.JaxRuntimeError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _compiler_options(mesh) -> dict[str, str] | None:
+    """Compiler options of the engine's compiled call on the devices it will run on."""
+    platform = (mesh.devices.flat[0].platform if mesh is not None
+                else jax.default_backend())
+    if platform != "cpu" or jax.default_backend() != "cpu" or not _cpu_options_accepted():
+        return None
+    return dict(_CPU_COMPILER_OPTIONS)
 
 
 def _validate(data, batch_size, max_steps, learning_rate, check_learning_rate=True):
@@ -483,7 +521,8 @@ def fit_svi(
     # With a mesh the state stays replicated: the compiler all-reduces the gradients of the
     # cell-sharded minibatch.
     run_call = jax.jit(run_call, out_shardings=None if mesh is None else
-                       NamedSharding(mesh, PartitionSpec()))
+                       NamedSharding(mesh, PartitionSpec()),
+                       compiler_options=_compiler_options(mesh))
 
     losses: list[np.ndarray] = []
     done, call, backoffs = 0, 0, 0

@@ -296,3 +296,56 @@ def test_two_speed_adam_labels():
     new = optax.apply_updates(params, updates)
     np.testing.assert_allclose(new["scm_weights_map"], -1e-3, rtol=1e-4)
     np.testing.assert_allclose(new["decoder$params"]["w"], -1e-1, rtol=1e-4)
+
+
+def test_cpu_compiler_options_passed_only_when_accepted(monkeypatch):
+    # The engine's compiled call leaves reductions to XLA's fusion on CPU (a per-jit option,
+    # docs/performance.md). An option this jaxlib does not know is dropped, never an error.
+    from causalzoo.inference import svi as svi_mod
+
+    if jax.default_backend() == "cpu" and svi_mod._cpu_options_accepted():
+        assert svi_mod._compiler_options(None) == svi_mod._CPU_COMPILER_OPTIONS
+    y = y_data()
+    reference = fit(y, seed=1)
+    monkeypatch.setattr(svi_mod, "_CPU_COMPILER_OPTIONS", {"xla_cpu_no_such_option": "1"})
+    svi_mod._cpu_options_accepted.cache_clear()
+    try:
+        assert svi_mod._compiler_options(None) is None
+        without = fit(y, seed=1)
+    finally:
+        svi_mod._cpu_options_accepted.cache_clear()
+    # same model, same seed, other fusion: equal up to float rounding
+    np.testing.assert_allclose(without.losses, reference.losses, rtol=1e-5)
+
+
+def test_nb_vae_fit_same_seed_bit_identical():
+    # The fast NB log-density (custom derivative) inside the compiled engine: same seed, same
+    # losses and parameters bit for bit; loss finite and decreasing.
+    from causalzoo.blocks.likelihoods import NB
+
+    rng = np.random.default_rng(0)
+    x = rng.poisson(rng.gamma(0.8, 3.0 / 0.8, (64, 30))).astype(np.float32)
+    data = {"x": x, "library_size": np.maximum(x.sum(-1), 1.0)}
+    lik = NB()
+
+    def model(x, library_size, n_cells=None):
+        w = numpyro.param("w", jnp.zeros((2, x.shape[-1])))
+        with numpyro.plate("cells", x.shape[0]), numpyro.handlers.scale(
+            scale=n_cells / x.shape[0]
+        ):
+            z = numpyro.sample("z", dist.Normal(0.0, 1.0).expand([2]).to_event(1))
+            numpyro.sample("x", lik(z @ w, library_size).to_event(1), obs=x)
+
+    def guide(x, library_size, n_cells=None):
+        a = numpyro.param("a", jnp.zeros((x.shape[-1], 2)))
+        with numpyro.plate("cells", x.shape[0]):
+            numpyro.sample("z", dist.Normal(jnp.log1p(x) @ a / x.shape[-1], 0.5).to_event(1))
+
+    kw = {"batch_size": 16, "max_steps": 60, "learning_rate": 0.05, "progress": False, "seed": 2}
+    a = fit_svi(model, guide, data, **kw)
+    b = fit_svi(model, guide, data, **kw)
+    np.testing.assert_array_equal(a.losses, b.losses)
+    for k in a.params:
+        np.testing.assert_array_equal(a.params[k], b.params[k])
+    assert np.all(np.isfinite(a.losses))
+    assert a.losses[-10:].mean() < a.losses[:10].mean()
