@@ -593,12 +593,21 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         out.uns["causalzoo"] = {"model": MODEL_NAME, "mode": "snapshot", "seed": int(seed)}
         return out
 
-    def to_datatree(self, *args, **kwargs):
-        """Not implemented for snapshot mode yet (the ArviZ converter knows sequence mode)."""
-        raise CausalZooError(
-            "to_datatree() supports the sequence mode of DynamicalCausalVAE only; for snapshot "
-            "mode use get_latent_representation(), predict() and perturbation_targets()."
-        )
+    def to_datatree(self, adata=None, **kwargs):
+        """The posterior as an ArviZ 1.x DataTree, ``(chain=1, draw=S)``.
+
+        Groups: ``posterior`` (``z (cells, latents)``, ``z_inv``, ``lag_graph``, ``target``,
+        ``mean_shift``, ``log_scale_shift`` and the shifts that act, ``domain_shift`` and
+        ``domain_log_scale_shift`` (``domains, latents``; zero for the control)),
+        ``posterior_predictive`` and ``log_likelihood`` (``x (cells, features)``),
+        ``observed_data``, ``constant_data`` (each cell's ``perturbation``, ``time`` and
+        grid step ``time_index``) and ``sample_stats`` (``elbo`` per step). ``adata``: other
+        cells set up like the training ones, at time points of the fitted grid. The keyword
+        arguments are those of :func:`causalzoo.diagnostics.to_datatree`.
+        """
+        from ..diagnostics import to_datatree
+
+        return to_datatree(self, adata, **kwargs)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:

@@ -136,15 +136,13 @@ def ivae_source(fitted, adata=None) -> PosteriorSource:
 def dynamical_source(fitted, data=None) -> PosteriorSource:
     """The :class:`PosteriorSource` of a fitted :class:`causalzoo.DynamicalCausalVAE` in
     sequence mode. ``data`` is ``None`` (the training sequences) or ``{"x": (units, steps,
-    features), "u": (units,) codes}`` for other units."""
+    features), "u": (units,) codes}`` for other units. A snapshot-mode model goes to
+    :func:`dynamical_snapshot_source`."""
+    from ..api.dynamical_snapshot import SnapshotDynamicalCausalVAE
     from ..models.dynamical import dynamical_guide, dynamical_model
 
-    mode = getattr(fitted, "mode", "sequence")
-    if mode != "sequence":
-        raise CausalZooError(
-            f"to_datatree converts sequence-mode DynamicalCausalVAE fits only; this one is in "
-            f"mode={mode!r}. Fit it on (units, steps, features) sequences to analyse it here."
-        )
+    if isinstance(fitted, SnapshotDynamicalCausalVAE):
+        return dynamical_snapshot_source(fitted, data)
     if data is None:
         x, u = fitted.x, fitted.u
         if x is None:
@@ -221,4 +219,137 @@ def dynamical_source(fitted, data=None) -> PosteriorSource:
 
 
 register_converter("ivae", ivae_source)
+# one spec name for both modes of the dynamical entry: dynamical_source dispatches on the class
 register_converter("dynamical", dynamical_source)
+
+
+def _snapshot_cells(fitted, adata):
+    """Expression, perturbation codes, time points and grid steps of the cells to analyse:
+    the training cells (``adata=None``) or other cells set up like them."""
+    from ..api.dynamical_snapshot import _expression
+    from ..data.validation import check_obs_keys, check_perturbation_column, check_time_column
+
+    reg = fitted.registry
+    if adata is None:
+        if fitted.x is None:
+            raise CausalZooError(
+                "This DynamicalCausalVAE was loaded without its cells: pass them, "
+                "to_datatree(model, adata), or load it with cz.load(path, adata=adata)."
+            )
+        return (fitted.x, fitted.u, fitted.time, fitted.time_index,
+                [str(c) for c in fitted.adata.obs_names])
+    if not (hasattr(adata, "obs") and hasattr(adata, "var_names")):
+        raise CausalZooError(
+            f"Snapshot-mode cells go in as an AnnData with the set-up genes, the time column "
+            f"{reg.time_key!r}"
+            + (f" and the perturbation column {reg.perturbation_key!r}"
+               if reg.perturbation_key else "")
+            + f"; got {type(adata).__name__}."
+        )
+    x = _expression(adata, reg)
+    time = check_time_column(adata, reg.time_key)
+    # no extrapolation: the model is scored on the fitted grid (predict() extrapolates)
+    steps = reg.steps_of(time, extrapolate=True)
+    if (steps >= reg.n_times).any():
+        late = float(np.asarray(time)[np.flatnonzero(steps >= reg.n_times)[0]])
+        raise CausalZooError(
+            f"Time point {late:g} is past the fitted time grid (last: "
+            f"{reg.time_values[-1]:g}); to_datatree scores cells at the fitted time points "
+            "only. Drop those cells, or sample such times with predict(perturbation, time)."
+        )
+    if reg.perturbation_key is None:
+        u = np.zeros(adata.n_obs, np.int32)
+    else:
+        check_obs_keys(adata, [reg.perturbation_key], role="perturbation_key")
+        check_perturbation_column(adata, reg.perturbation_key)
+        u = reg.codes_of(adata.obs[reg.perturbation_key].to_numpy())
+    return x, u, time, steps, [str(c) for c in adata.obs_names]
+
+
+def dynamical_snapshot_source(fitted, adata=None) -> PosteriorSource:
+    """The :class:`PosteriorSource` of a fitted :class:`causalzoo.DynamicalCausalVAE` in
+    snapshot mode (each cell measured once, at its own time point). ``adata`` is ``None``
+    (the training cells) or other cells with the set-up genes, time and perturbation
+    columns, at time points of the fitted grid."""
+    from ..models.dynamical_snapshot import (
+        N_PARTICLES,
+        domain_activity,
+        snapshot_guide,
+        snapshot_model,
+    )
+
+    x, u, time, steps, cell_names = _snapshot_cells(fitted, adata)
+    reg, config = fitted.registry, fitted.config
+    cell_data = {"x": np.asarray(x, np.float32), "u": np.asarray(u, np.int32),
+                 "time_index": np.asarray(steps, np.int32)}
+    if config.likelihood_block.uses_library:
+        cell_data["library_size"] = np.maximum(cell_data["x"].sum(-1), 1.0)
+    k = config.n_latent
+    latents = [f"z_{i}" for i in range(k)]
+    # 0 for the control domain, whose mechanisms are the base ones whatever `target` says
+    active = np.asarray(domain_activity(fitted.n_domains, fitted.control_domain))
+
+    def derived(posterior):
+        if not {"target", "mean_shift", "log_scale_shift"} <= set(posterior):
+            return {}
+        acting = active * posterior["target"]
+        return {
+            "domain_shift": (["domains", "latents"], acting * posterior["mean_shift"]),
+            "domain_log_scale_shift": (["domains", "latents"],
+                                       acting * posterior["log_scale_shift"]),
+        }
+
+    loss = np.asarray(fitted.history.get("loss", np.zeros(0)), dtype=np.float64)
+    constant_data = {
+        "u": (["cells"], cell_data["u"]),
+        "perturbation": (["cells"], np.asarray(reg.domain_names, dtype=str)[cell_data["u"]]),
+        "time": (["cells"], np.asarray(time, np.float64)),
+        "time_index": (["cells"], cell_data["time_index"]),
+        "grid_time": (["steps"], np.asarray(reg.time_values, np.float64)),
+    }
+    if "library_size" in cell_data:
+        constant_data["library_size"] = (["cells"], cell_data["library_size"])
+    return PosteriorSource(
+        model=snapshot_model,
+        guide=snapshot_guide,
+        params=fitted.params,
+        cell_data=cell_data,
+        static_kwargs=fitted._static_kwargs(),
+        event_dims={
+            "z": ["latents"],
+            "z_inv": ["latents_invariant"],
+            "lag_graph": ["lags", "parents"],
+            "x": ["features"],
+        },
+        coords={
+            "features": list(reg.feature_names),
+            "latents": latents,
+            "parents": latents,
+            "lags": list(range(1, config.n_lags + 1)),
+            "domains": list(reg.domain_names),
+            "latents_invariant": [f"z_inv_{j}" for j in range(config.n_latent_invariant)],
+            "steps": list(range(reg.n_times)),
+        },
+        cell_names=cell_names,
+        constant_data=constant_data,
+        sample_stats={"elbo": (["step"], -loss)},
+        derived=derived,
+        # each cell's prior is a mixture over the particle paths of its domain: its
+        # (cells, particles, latents) arrays, not the features, bound the chunk size (the
+        # flow prior's components carry four parameter arrays and two log-densities)
+        cell_floats=(8 if getattr(config, "prior", "gaussian") == "flow" else 3) * N_PARTICLES * k,
+        attrs={
+            "model": fitted.spec_name,
+            "mode": "snapshot",
+            "likelihood": config.likelihood_block.name,
+            "n_latent": k,
+            "n_lags": config.n_lags,
+            "transition": config.transition,
+            "prior": getattr(config, "prior", "gaussian"),
+            "time_key": reg.time_key,
+            "perturbation_key": reg.perturbation_key or "",
+            "control": reg.control or "",
+            "n_particles": N_PARTICLES,
+            "n_steps": int(fitted.fit_info.get("n_steps", loss.size)),
+        },
+    )

@@ -89,6 +89,11 @@ class PosteriorSource:
         effect``), added to ``posterior``.
     attrs : dict
         Attributes of the root node (model name, configuration summary).
+    cell_floats : int, optional
+        Floats per cell and draw held by the largest intermediate of one draw, when that is
+        more than the observed features (e.g. a mixture prior over many components); the
+        default chunk size keeps ``num_samples * chunk * max(features, cell_floats)`` floats
+        under the chunk budget.
     """
 
     model: Callable
@@ -105,6 +110,7 @@ class PosteriorSource:
     sample_stats: dict[str, tuple[Sequence[str], np.ndarray]] = field(default_factory=dict)
     derived: Callable[[dict[str, np.ndarray]], dict[str, tuple[Sequence[str], np.ndarray]]] | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    cell_floats: int | None = None
 
     @property
     def n_cells(self) -> int:
@@ -220,13 +226,22 @@ def _build_sampler(
 
     def per_draw(params, key, globals_, chunk):
         keys = jax.random.split(key, n_inner)
-        first = one_sample(params, keys[0], globals_, chunk)
-        if n_inner > 1:
+        if n_inner == 1:
+            first = one_sample(params, keys[0], globals_, chunk)
+            first["log_marginal"] = first["log_w"]
+            return first
+        if not (predictive or pointwise):
+            # One vmapped copy of the model and guide for all inner samples (half the
+            # program to compile); the first inner sample is the stored one. Without
+            # per-feature outputs the extra memory is the inner samples' cell latents.
+            inner = jax.vmap(lambda k: one_sample(params, k, globals_, chunk))(keys)
+            first = jax.tree_util.tree_map(lambda a: a[0], inner)
+            log_ws = inner["log_w"]
+        else:
+            first = one_sample(params, keys[0], globals_, chunk)
             rest = jax.vmap(lambda k: one_sample(params, k, globals_, chunk)["log_w"])(keys[1:])
             log_ws = jnp.concatenate([first["log_w"][None], rest])
-            first["log_marginal"] = logsumexp(log_ws, axis=0) - math.log(n_inner)
-        else:
-            first["log_marginal"] = first["log_w"]
+        first["log_marginal"] = logsumexp(log_ws, axis=0) - math.log(n_inner)
         return first
 
     def chunk_fn(params, keys, globals_, chunk):
@@ -269,15 +284,22 @@ def _dims_of(site_name, value_shape, batch_plates, src, leading=("chain", "draw"
 
 
 def _site_plates(model_or_guide, src, params, chunk) -> dict[str, list[str]]:
-    tr = handlers.trace(handlers.seed(handlers.substitute(model_or_guide, params), 0)).get_trace(
-        **chunk, **src.static_kwargs
-    )
     out = {}
-    for name, site in tr.items():
-        if site["type"] == "sample":
-            # plates are listed innermost first; dims read left to right, outermost first
-            frames = sorted(site["cond_indep_stack"], key=lambda f: f.dim)
-            out[name] = [f.name for f in frames]
+
+    def plates(params, chunk):
+        tr = handlers.trace(
+            handlers.seed(handlers.substitute(model_or_guide, params), 0)
+        ).get_trace(**chunk, **src.static_kwargs)
+        for name, site in tr.items():
+            if site["type"] == "sample":
+                # plates are listed innermost first; dims read left to right, outermost first
+                frames = sorted(site["cond_indep_stack"], key=lambda f: f.dim)
+                out[name] = [f.name for f in frames]
+        return 0
+
+    # Only the plate structure is needed: trace abstractly (run op by op, every operation
+    # of the guide would be compiled on its own).
+    jax.eval_shape(plates, params, chunk)
     return out
 
 
@@ -307,8 +329,10 @@ def to_datatree(
     seed : int
         Seed of the draws.
     chunk_size : int, optional
-        Cells per compiled call (default: as many as keep one chunk's predictive draws
-        under 128 MiB). Device memory scales with it, not with the number of cells.
+        Cells per compiled call (default: as many as keep one chunk's predictive draws, or
+        the entry's larger per-cell intermediates such as the snapshot model's particle
+        mixture, under 128 MiB). Device memory scales with it, not with the number of
+        cells.
     posterior_predictive : bool
         Draw replicated data ``x_rep ~ p(x | z, globals)`` for every draw and cell (host
         memory ``S * cells * genes`` floats).
@@ -378,7 +402,8 @@ def draws_to_datatree(
     x_obs = np.asarray(src.cell_data[src.observed])
     n_features = int(np.prod(x_obs.shape[1:])) or 1
     if chunk_size is None:
-        chunk_size = max(1, min(n, _CHUNK_BYTES // (4 * num_samples * n_features)))
+        width = max(n_features, int(src.cell_floats or 0))
+        chunk_size = max(1, min(n, _CHUNK_BYTES // (4 * num_samples * width)))
     chunk_size = int(min(chunk_size, n))
     if chunk_size < 1:
         raise CausalZooError(f"chunk_size must be >= 1; got {chunk_size!r}.")

@@ -48,6 +48,7 @@ def write_report(
     num_samples: int = 100,
     seed: int = 0,
     write_datatree: bool = True,
+    chunk_size: int | None = None,
 ) -> Path:
     """Write the report of a saved model directory.
 
@@ -66,6 +67,9 @@ def write_report(
         Seed of the draws.
     write_datatree : bool
         Also write the DataTree to ``posterior.nc`` (netCDF).
+    chunk_size : int, optional
+        Cells per compiled call of :func:`~causalzoo.diagnostics.to_datatree` (its default
+        keeps a chunk's draws under 128 MiB).
 
     Returns
     -------
@@ -98,13 +102,15 @@ def write_report(
         if not path.exists():
             raise CausalZooError(f"Data file {str(path)!r} does not exist.")
         adata = anndata.read_h5ad(path)
-    if adata is not None:
+    meta = json.loads((fit_dir / "causalzoo.json").read_text())
+    # Cells not set up yet are set up from the saved registry; only the sparse model's
+    # registry is read here (the other entries' own set-up checks the cells when loading).
+    if adata is not None and meta.get("model") == "sparse_perturbation":
         from ..data import get_registry
 
         try:
             get_registry(adata)
         except CausalZooError:
-            meta = json.loads((fit_dir / "causalzoo.json").read_text())
             reg = meta.get("registry", {})
             from ..data import setup_anndata
 
@@ -154,7 +160,7 @@ def write_report(
         sections += ["Posterior predictive checks and Pareto-k need the cells: rerun with "
                      "`--data cells.h5ad`.", ""]
     else:
-        dt = to_datatree(model, num_samples=num_samples, seed=seed)
+        dt = to_datatree(model, num_samples=num_samples, seed=seed, chunk_size=chunk_size)
         diag = importance_diagnostics(dt)
         sections += ["## Variational diagnostics", "",
                      _table([("draws", diag["n_draws"]),

@@ -37,10 +37,19 @@ def fitted(adata):
     return model.fit(max_steps=60, batch_size=32, progress=False, seed=0)
 
 
+CHUNK = 64  # 150 cells: two full chunks and a padded one
+
+
 @pytest.fixture(scope="session")
 def datatree(fitted):
-    # the user-class method, which calls causalzoo.diagnostics.to_datatree
-    return fitted.to_datatree(num_samples=N_DRAWS, seed=0, chunk_size=64)
+    # the user-class method, which calls causalzoo.diagnostics.to_datatree; a conversion with
+    # the same draws and chunk size (other seeds, the report) re-uses its compiled sampler
+    return fitted.to_datatree(num_samples=N_DRAWS, seed=0, chunk_size=CHUNK)
+
+
+@pytest.fixture(scope="session")
+def chunk():
+    return CHUNK
 
 
 @pytest.fixture(scope="session")
@@ -91,6 +100,47 @@ def dynamical():
 @pytest.fixture(scope="session")
 def dynamical_tree(dynamical):
     return dynamical.to_datatree(num_samples=ENTRY_DRAWS, seed=0, chunk_size=7)
+
+
+def make_time_course(per=20, n_genes=6, seed=0):
+    """A snapshot time course: perturbations A (the control) and B at 0 / 24 / 48 h, one
+    latent drifting by +1 (A) or -1 (B) per step, seen through a fixed linear map."""
+    import anndata
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=(1, n_genes))
+    xs, labels = [], []
+    for pert, shift in (("A", 1.0), ("B", -1.0)):
+        for t in range(3):
+            z = 0.5 * rng.normal(size=(per, 1))
+            for _ in range(t):
+                z = 0.5 * z + shift + 0.3 * rng.normal(size=(per, 1))
+            xs.append(z @ w + 0.1 * rng.normal(size=(per, n_genes)))
+            labels += [(pert, 24.0 * t)] * per
+    obs = pd.DataFrame(labels, columns=["pert", "hours"],
+                       index=[f"cell{i}" for i in range(len(labels))])
+    var = pd.DataFrame(index=[f"g{j}" for j in range(n_genes)])
+    return anndata.AnnData(np.concatenate(xs).astype(np.float32), obs=obs, var=var)
+
+
+SNAPSHOT_CHUNK = 50  # 120 cells: two full chunks and a padded one
+
+
+@pytest.fixture(scope="session")
+def snapshot():
+    """A tiny snapshot-mode DynamicalCausalVAE (120 cells, 6 genes, 2 + 1 latents)."""
+    adata = make_time_course()
+    cz.DynamicalCausalVAE.setup_anndata(adata, time_key="hours", perturbation_key="pert",
+                                        control="A")
+    model = cz.DynamicalCausalVAE(adata, n_latent=2, n_latent_invariant=1, n_hidden=8,
+                                  n_layers=1, transition="linear")
+    return model.fit(max_steps=20, batch_size=60, progress=False, seed=0)
+
+
+@pytest.fixture(scope="session")
+def snapshot_tree(snapshot):
+    return snapshot.to_datatree(num_samples=ENTRY_DRAWS, seed=0, chunk_size=SNAPSHOT_CHUNK)
 
 
 SPARSE_MASKS = np.eye(3, dtype=np.float32)  # P_t targets z_resp_t

@@ -6,8 +6,11 @@ from __future__ import annotations
 import warnings
 
 import arviz as az
+import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro
+import numpyro.distributions as dist
 import pytest
 from numpyro import handlers
 
@@ -57,32 +60,66 @@ def test_stored_log_likelihood_is_the_models(fitted, datatree):
     }
     values["z_inv"] = jnp.asarray(post["z_inv"].values[cells])
     values["z_resp"] = jnp.asarray(post["z_resp"].values[cells])
-    model = handlers.substitute(handlers.condition(sparse_perturbation_model, values), fitted.params)
-    tr = handlers.trace(handlers.seed(model, 0)).get_trace(
-        x=jnp.asarray(x[cells]), design=jnp.asarray(const["design"].values[cells]),
-        covariates=jnp.asarray(const["covariates"].values[cells]),
-        library_size=jnp.asarray(const["library_size"].values[cells]),
-        **fitted._model_kwargs(),
-    )
-    expected = np.asarray(tr["x"]["fn"].base_dist.log_prob(tr["x"]["value"]))
+    static = fitted._model_kwargs()
+
+    @jax.jit  # compiled once: faster than the model's op-by-op dispatch
+    def log_lik(values, arrays):
+        model = handlers.substitute(handlers.condition(sparse_perturbation_model, values),
+                                    fitted.params)
+        tr = handlers.trace(handlers.seed(model, 0)).get_trace(**arrays, **static)
+        return tr["x"]["fn"].base_dist.log_prob(tr["x"]["value"])
+
+    expected = np.asarray(log_lik(values, {
+        "x": jnp.asarray(x[cells]), "design": jnp.asarray(const["design"].values[cells]),
+        "covariates": jnp.asarray(const["covariates"].values[cells]),
+        "library_size": jnp.asarray(const["library_size"].values[cells]),
+    }))
     stored = datatree["log_likelihood"].to_dataset()["x"].isel(chain=0, draw=7).values[cells]
     np.testing.assert_allclose(stored, expected, rtol=1e-4, atol=1e-3)
 
 
-def test_chunking_keeps_globals_and_cells(fitted, datatree, n_draws):
-    small = to_datatree(fitted, num_samples=n_draws, seed=0, chunk_size=7,
-                        posterior_predictive=False)
-    a, b = datatree["posterior"].to_dataset(), small["posterior"].to_dataset()
-    for name in ("effect", "mask", "scm_weights"):
-        np.testing.assert_array_equal(a[name].values, b[name].values)
-    assert b["z_inv"].sizes["cells"] == fitted.adata.n_obs
-    assert "posterior_predictive" not in small.children
-    # padded cells of the last chunk never leak in: every cell's latents are distinct
-    z = b["z_inv"].isel(chain=0, draw=0).values
-    assert np.unique(z, axis=0).shape[0] == z.shape[0]
+def _shared_shift_model(x=None):
+    shift = numpyro.sample("shift", dist.Normal(0.0, 1.0))
+    with numpyro.plate("cells", x.shape[0]):
+        z = numpyro.sample("z", dist.Normal(0.0, 1.0))
+        numpyro.sample("x", dist.Normal((z + shift)[:, None], 1.0).expand(x.shape).to_event(1),
+                       obs=x)
 
 
-def test_arviz_functions_run_and_are_finite(datatree):
+def _shared_shift_guide(x=None):
+    numpyro.sample("shift", dist.Normal(numpyro.param("shift_loc", 0.0), 0.5))
+    with numpyro.plate("cells", x.shape[0]):
+        numpyro.sample("z", dist.Normal(x.mean(-1) / 2, 0.7))
+
+
+def test_chunking_keeps_globals_and_cells():
+    """The generic converter on a model with one global (a shift shared by all cells): the
+    globals are drawn once per draw whatever the chunk size, every chunk is scored under the
+    stored global draw, and the padded cells of a last partial chunk never leak in. (The
+    sparse model's `datatree` is chunked too: test_stored_log_likelihood_is_the_models
+    re-scores a cell of its padded last chunk.)"""
+    x = np.random.default_rng(3).normal(size=(23, 2)).astype(np.float32)
+    src = cz.diagnostics.PosteriorSource(
+        model=_shared_shift_model, guide=_shared_shift_guide,
+        params={"shift_loc": jnp.asarray(0.3)}, cell_data={"x": x},
+        event_dims={"x": ["genes"]},
+    )
+    trees = {c: to_datatree(src, num_samples=8, seed=0, chunk_size=c) for c in (5, 23)}
+    np.testing.assert_array_equal(trees[5]["posterior"]["shift"].values,
+                                  trees[23]["posterior"]["shift"].values)
+    for dt in trees.values():
+        post = dt["posterior"].to_dataset()
+        shift, z = post["shift"].values[0], post["z"].values[0]  # (draw,), (draw, cells)
+        assert z.shape == (8, 23) and np.unique(z).size == z.size
+        expected = dist.Normal(z[..., None] + shift[:, None, None], 1.0).log_prob(x)
+        np.testing.assert_allclose(dt["log_likelihood"]["x"].values[0], expected, rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_array_equal(dt["observed_data"]["x"].values, x)
+    bare = to_datatree(src, num_samples=8, seed=0, chunk_size=5, posterior_predictive=False)
+    assert "posterior_predictive" not in bare.children
+
+
+def test_arviz_functions_run_and_are_finite(fitted, datatree, n_draws, chunk):
     summary = az.summary(datatree, var_names=["shift", "effect", "scm_weights"], kind="stats")
     assert np.isfinite(summary[["mean", "sd"]].to_numpy(dtype=float)).all()
     with warnings.catch_warnings():
@@ -90,6 +127,12 @@ def test_arviz_functions_run_and_are_finite(datatree):
         warnings.simplefilter("ignore", UserWarning)
         loo = az.loo(datatree)
         pit = az.loo_pit(datatree)
+        # the conditional trees as they are (compare_models compares marginal ones); other
+        # draws of the same fit at the same shapes (no recompilation)
+        other = fitted.to_datatree(num_samples=n_draws, seed=1, chunk_size=chunk)
+        table = az.compare({"seed0": datatree, "seed1": other})
+    assert np.isfinite(table[["elpd", "p", "se", "weight"]].to_numpy(dtype=float)).all()
+    assert abs(table["weight"].sum() - 1) < 1e-6
     assert np.isfinite(loo.elpd) and np.isfinite(loo.se)
     assert np.isfinite(loo.pareto_k.values).all()
     pit = pit["x"].values
@@ -104,14 +147,25 @@ def test_compare_on_heldout_cells(fitted, adata, heldout, small):
     """LOO of the marginal likelihood on cells no model saw, for two configurations."""
     sams = cz.SparsePerturbationVAE(adata, **small, scm_graph="none", couple_invariant=False)
     sams.fit(max_steps=30, batch_size=32, progress=False, seed=0)
-    table = cz.diagnostics.compare_models(
-        {"perturbed": fitted, "sams": sams}, heldout, num_samples=30, n_inner=4
-    )
+    models = {"perturbed": fitted, "sams": sams}
+    table = cz.diagnostics.compare_models(models, heldout, num_samples=30, n_inner=4)
     assert set(table.index) == {"perturbed", "sams"}
     assert np.isfinite(table[["elpd", "lpd", "lpd_se", "weight"]].to_numpy(dtype=float)).all()
     assert abs(table["weight"].sum() - 1) < 1e-6
     # the log pointwise predictive density bounds the LOO estimate from above
     assert (table["lpd"] >= table["elpd"] - 1e-6).all()
+    # the trees it compared (same draws: the compiled samplers are re-used): one marginal
+    # log-likelihood per held-out cell, no predictive draws, no per-cell latents
+    trees = cz.diagnostics.heldout_datatrees(models, heldout, num_samples=30, n_inner=4)
+    for name, dt in trees.items():
+        assert "posterior_predictive" not in dt.children
+        assert "z_inv" not in dt["posterior"] and "effect" in dt["posterior"]
+        ll = dt["log_likelihood"]["x"]
+        assert ll.dims == ("chain", "draw", "cells") and ll.sizes["cells"] == heldout.n_obs
+        assert dt.attrs["log_likelihood"] == "marginal"
+        lpd = cz.diagnostics.heldout_lpd(dt)
+        assert np.isclose(lpd["lpd"], table.loc[name, "lpd"])
+    assert "scm_weights" not in trees["sams"]["posterior"]
 
 
 @pytest.mark.parametrize("suffix", [".nc", ".zarr"])

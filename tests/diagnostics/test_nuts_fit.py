@@ -89,7 +89,19 @@ def test_sparse_nuts_with_fixed_masks(sparse_nuts, sparse_masks):
     assert dt.attrs["latents"] == "encoder" and dt.attrs["masks"] == "fixed"
 
 
-def test_method_errors(fitted, ivae, dynamical, adata, small):
+def test_sparse_model_svi_against_nuts(datatree, sparse_nuts):
+    """The sparse model's SVI posterior against NUTS with the networks fixed
+    (``compare_posteriors``): W and B are point estimates in the guide (sd 0), which the
+    comparison reports as sd_ratio 0."""
+    table = cz.diagnostics.compare_posteriors(datatree, sparse_nuts.to_datatree())
+    names = {p.split("[")[0] for p in table.index}
+    assert {"effect", "scm_weights", "invariant_coupling"} <= names
+    assert np.isfinite(table[["mean_diff_sd", "sd_ratio"]].to_numpy()).all()
+    point = table[table.index.str.startswith(("scm_weights", "invariant_coupling"))]
+    assert (point["sd_approx"] == 0).all() and (point["sd_ratio"] == 0).all()
+
+
+def test_method_errors(fitted, ivae, adata, small):
     with pytest.raises(CausalZooError, match="method='mcmc' is not supported"):
         fitted.fit(method="mcmc")
     with pytest.raises(CausalZooError, match="NUTS options"):
@@ -106,5 +118,7 @@ def test_method_errors(fitted, ivae, dynamical, adata, small):
         fitted.fit(method="nuts", latents="marginal")
     with pytest.raises(CausalZooError, match="fit it with SVI first"):
         cz.SparsePerturbationVAE(adata, **small).fit(method="nuts")
+    # refused before anything runs: an unfitted model (no fit to share with test_entries.py)
+    dynamical = cz.DynamicalCausalVAE.from_arrays(x=np.zeros((4, 3, 2), np.float32), n_latent=1)
     with pytest.raises(CausalZooError, match="not available for DynamicalCausalVAE"):
         cz.inference.nuts_fit.fit_by_method(dynamical, "nuts")

@@ -38,19 +38,24 @@ def test_plots(datatree, fitted):
         plot_latent_graph(np.zeros((2, 3)))
 
 
-def test_report_without_and_with_data(fitted, adata, tmp_path):
+def test_report_without_and_with_data(fitted, adata, datatree, n_draws, chunk, tmp_path):
     fitted.save(tmp_path / "fit")
     assert main(["report", str(tmp_path / "fit"), "--out", str(tmp_path / "bare")]) == 0
     page = (tmp_path / "bare" / "report.md").read_text()
     assert "## Perturbation effects" in page and "--data" in page
     for png in ("elbo.png", "perturbation_heatmap.png", "latent_graph.png"):
         assert (tmp_path / "bare" / png).stat().st_size > 0
-    page = write_report(tmp_path / "fit", tmp_path / "full", adata=adata, num_samples=30)
+    # the draws, cells and chunks of `datatree`: the same compiled sampler and the same tree
+    page = write_report(tmp_path / "fit", tmp_path / "full", adata=adata, num_samples=n_draws,
+                        chunk_size=chunk)
     text = page.read_text()
     assert "## Variational diagnostics" in text and "## Posterior predictive checks" in text
     assert "## Latents against the ground truth" in text
     assert (tmp_path / "full" / "ppc.png").stat().st_size > 0
     dt = open_datatree(tmp_path / "full" / "posterior.nc")
-    assert dt["posterior"].to_dataset().sizes["draw"] == 30
+    assert dt["posterior"].to_dataset().sizes["draw"] == n_draws
+    # the saved and reloaded model gives the fitted model's posterior
+    np.testing.assert_array_equal(dt["posterior"]["shift"].values,
+                                  datatree["posterior"]["shift"].values)
     with pytest.raises(CausalZooError, match="not a saved model"):
         write_report(tmp_path)

@@ -76,6 +76,37 @@ def test_pareto_k_flags_a_bad_guide(scale_factor, bad):
         np.testing.assert_allclose(lw[0], expected, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize(
+    ("scale_factor", "n_inner", "atol", "posterior_predictive"),
+    # 2000 inner samples: the estimate's sd is about 0.02 (weights with relative variance 0.74)
+    [(1.0, 3, 1e-3, False), (1.0, 3, 1e-3, True), (1.5, 2000, 0.1, False)],
+)
+def test_marginal_log_likelihood_is_log_p_x(scale_factor, n_inner, atol, posterior_predictive):
+    """``log_likelihood="marginal"`` estimates log p(x_n) = log N(x_n; 0, 2 I). With the exact
+    posterior as guide every inner weight equals it; with a guide 1.5 times too wide the
+    weights vary and only their average (over 2000 inner samples) finds it. Both code paths:
+    inner samples in one vmap, and the first one apart when predictive draws are kept."""
+    x = np.random.default_rng(2).normal(size=(12, 3)).astype(np.float32) * np.sqrt(2)
+    src = PosteriorSource(model=_toy_model, guide=lambda x=None: _toy_guide(x, scale_factor),
+                          params={}, cell_data={"x": x},
+                          event_dims={"z": ["latents"], "x": ["genes"]})
+    dt = to_datatree(src, num_samples=5, seed=0, log_likelihood="marginal", n_inner=n_inner,
+                     chunk_size=5, posterior_predictive=posterior_predictive)
+    ll = dt["log_likelihood"].to_dataset()["x"]
+    assert ll.dims == ("chain", "draw", "cells")
+    expected = dist.Normal(0.0, np.sqrt(2.0)).log_prob(x).sum(-1)
+    np.testing.assert_allclose(ll.values[0], np.broadcast_to(expected, (5, 12)), rtol=1e-4,
+                               atol=atol)
+    if scale_factor != 1.0:
+        # a single inner weight is far off (sd 1.5): the average is what is stored
+        lw = dt["sample_stats"].to_dataset()["log_weight"].values[0]
+        assert np.abs(lw - expected).mean() > 5 * np.abs(ll.values[0] - expected).mean()
+    assert ("posterior_predictive" in dt.children) == posterior_predictive
+    # the stored latents are the first inner sample's: distinct across cells and draws
+    z = dt["posterior"]["z"].values[0]
+    assert np.unique(z.reshape(-1, 3), axis=0).shape[0] == 5 * 12
+
+
 def test_elbo_convergence():
     rng = np.random.default_rng(0)
     flat = -1000 + rng.normal(size=500)
