@@ -100,33 +100,39 @@ def start_child(directory: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_step(directory: Path, proc: subprocess.Popen, step: int, timeout: float = 120):
-    pointer = directory / ckpt.POINTER_FILE
+def checkpointed_step(directory: Path) -> int:
+    try:
+        return int(json.loads((directory / ckpt.POINTER_FILE).read_text())["step"])
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return -1
+
+
+def stop_each_at_step(dirs, procs, signals, step: int, timeout: float = 120) -> None:
+    """Send each child its signal as soon as *it* has checkpointed ``step``: the two start
+    together but need not run in step (one may load from the compilation cache what the
+    other is still compiling), and waiting for the slower one would let the other finish."""
+    pending = dict(signals)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the child fit ended early: {proc.communicate()}")
-        try:
-            if json.loads(pointer.read_text())["step"] >= step:
-                return
-        except (FileNotFoundError, json.JSONDecodeError, KeyError):
-            pass
+    while pending and time.monotonic() < deadline:
+        for name in list(pending):
+            if procs[name].poll() is not None:
+                pytest.fail(f"the child fit {name!r} ended early: {procs[name].communicate()}")
+            if checkpointed_step(dirs[name]) >= step:
+                procs[name].send_signal(pending.pop(name))
         time.sleep(0.05)
-    proc.kill()
-    pytest.fail("the child fit wrote no checkpoint in time")
+    if pending:
+        pytest.fail(f"the child fits {sorted(pending)} wrote no checkpoint in time")
 
 
 @pytest.fixture(scope="module")
 def stopped_children(tmp_path_factory):
-    """Two child fits started together (their imports and compilations overlap), both stopped
-    once they have checkpointed step 30: one with SIGKILL, one with SIGINT (Ctrl-C)."""
+    """Two child fits started together (their imports and compilations overlap), each
+    stopped once it has checkpointed step 30: one with SIGKILL, one with SIGINT (Ctrl-C)."""
     dirs = {name: tmp_path_factory.mktemp(name) for name in ("killed", "interrupted")}
     procs = {name: start_child(d) for name, d in dirs.items()}
     try:
-        for name in dirs:
-            wait_for_step(dirs[name], procs[name], 30)
-        procs["killed"].send_signal(signal.SIGKILL)
-        procs["interrupted"].send_signal(signal.SIGINT)
+        stop_each_at_step(dirs, procs, {"killed": signal.SIGKILL,
+                                        "interrupted": signal.SIGINT}, 30)
         outputs = {name: procs[name].communicate(timeout=120) for name in dirs}
     finally:
         for proc in procs.values():
