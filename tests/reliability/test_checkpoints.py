@@ -58,8 +58,12 @@ toy_model, toy_guide, Y, KW = (namespace[k] for k in ("toy_model", "toy_guide", 
 # half-way; sleeping on the host changes no number.
 CHILD = TOY + textwrap.dedent(
     """
-    import json, sys, time
+    import json, signal, sys, time
     import causalzoo.inference.checkpoint as ckpt
+
+    # Ctrl-C as in an interactive session: a process started in the background by a shell
+    # without job control inherits SIGINT ignored, and Python then installs no handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from causalzoo.inference import fit_svi
 
     _write = ckpt.write_checkpoint
