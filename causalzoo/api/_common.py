@@ -81,13 +81,14 @@ class FittedState:
     """Base of the user classes: the fit state (``params``, ``history``, ``fit_info``), the
     one call into :func:`causalzoo.inference.fit_svi`, and the saved-directory plumbing.
 
-    A subclass sets ``MODEL_NAME`` (the name saved models carry) and, for ``save``, has a
+    A subclass sets ``spec_name`` (its zoo entry, the name saved models and checkpoints
+    carry) and, for ``save``, has a
     ``config`` with ``to_dict()``. It calls :meth:`_run_svi` from its ``fit`` with what is
     its own (program, data, optimiser, loss, settings to record) and passes the options that
     every ``fit`` shares straight through.
     """
 
-    MODEL_NAME: str = ""
+    spec_name: str = ""
     params: dict[str, Any] | None
     history: dict[str, np.ndarray]
     fit_info: dict[str, Any]
@@ -151,22 +152,11 @@ class FittedState:
             batch_fn=batch_fn,
             init_params=self.params,
             description=description,
-            checkpoint_meta={"model": self.MODEL_NAME, **(checkpoint_meta or {}), **settings},
+            checkpoint_meta={"model": self.spec_name, **(checkpoint_meta or {}), **settings},
             **fit_options,
         )
         record_fit(self, result, batch_size=int(batch_size), seed=int(seed), **settings)
         return result
-
-    def _saved_meta(self, **fields: Any) -> dict[str, Any]:
-        """The ``causalzoo.json`` of a saved fit: format and package versions, model name,
-        ``fields`` (configuration, registry, vocabularies, ...) and the fit record."""
-        return {
-            "format_version": _io.FORMAT_VERSION,
-            "causalzoo_version": package_version(),
-            "model": self.MODEL_NAME,
-            **fields,
-            "fit_info": self.fit_info,
-        }
 
     def _write_saved(
         self, path: str | Path, *, overwrite: bool, groups: dict[str, Any] | None = None,
@@ -177,7 +167,14 @@ class FittedState:
         temporary directory and renamed, so a failed save never leaves half a model."""
         self._require_fit()
         arrays, paths = _io.flatten_params(self.params)
-        meta = self._saved_meta(**fields, param_paths=paths)
+        meta = {
+            "format_version": _io.FORMAT_VERSION,
+            "causalzoo_version": package_version(),
+            "model": self.spec_name,
+            **fields,
+            "param_paths": paths,
+            "fit_info": self.fit_info,
+        }
         all_groups = {"params": arrays, **(groups or {}), "history": dict(self.history)}
         return _io.write_model_dir(path, meta, all_groups, overwrite=overwrite)
 

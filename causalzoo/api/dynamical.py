@@ -106,7 +106,6 @@ class DynamicalCausalVAE(FittedState):
     """
 
     spec_name = MODEL_NAME
-    MODEL_NAME = MODEL_NAME
     _saved_groups = ("params", "history")
 
     def __new__(cls, *args, **kwargs):

@@ -190,7 +190,6 @@ class IVAE(FittedState):
     """
 
     spec_name = MODEL_NAME
-    MODEL_NAME = MODEL_NAME
     _saved_groups = ("params", "history")
 
     def __init__(self, adata, **config_kwargs):

@@ -114,7 +114,6 @@ class SparsePerturbationVAE(FittedState):
     """
 
     spec_name = MODEL_NAME
-    MODEL_NAME = MODEL_NAME
 
     def __init__(self, adata, **config_kwargs):
         registry = get_registry(adata)
