@@ -28,10 +28,13 @@ def _cells_of(fitted, adata):
 
 def sparse_perturbation_source(fitted, adata=None) -> PosteriorSource:
     """The :class:`PosteriorSource` of a fitted :class:`causalzoo.SparsePerturbationVAE`."""
+    from ..data.streaming import is_backed
     from ..models.sparse_perturbation import sparse_perturbation_guide, sparse_perturbation_model
 
     target = _cells_of(fitted, adata)
-    arrays = fitted._arrays(target)
+    # a backed AnnData's matrix stays on disk (x reads its rows when sliced): the converter
+    # reads it a chunk of cells at a time
+    arrays = fitted._arrays_to_encode(target) if is_backed(target) else fitted._arrays(target)
     reg, config = fitted.registry, fitted.config
     k_inv, k_resp = config.n_latent_invariant, config.n_latent_response
     covariate_names = [

@@ -7,6 +7,13 @@ integrates them out: :func:`~causalzoo.diagnostics.to_datatree` with
 ``log_likelihood="marginal"`` stores ``log p(x_n | globals_s)`` per draw ``s`` and cell
 ``n``, estimated by importance sampling from the amortised guide, for cells the models were
 not fitted on; ``az.loo`` and ``az.compare`` then read those DataTrees unchanged.
+
+On cells no model was fitted to, the held-out measure is the log pointwise predictive
+density ``lpd = sum_n log mean_s p(x_n | globals_s)`` (:func:`heldout_lpd`): the posterior
+never saw the cells, so there is nothing to leave out. ``az.compare``'s ``elpd`` on such
+cells still applies the leave-one-out correction (``elpd = lpd - p_loo``, a penalty for cells
+the posterior was conditioned on) and runs below the ``lpd``; :func:`compare_models`
+reports both, with paired differences of the ``lpd`` and their standard errors.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from scipy.special import logsumexp
 
 from .._errors import CausalZooError
 from .convert import to_datatree
+from .variational import _MIN_DRAWS
 
 __all__ = ["heldout_datatrees", "heldout_lpd", "compare_models", "compare_posteriors"]
 
@@ -38,9 +46,10 @@ def heldout_datatrees(
     per-cell log-likelihood (``log_likelihood="marginal"``) and no predictive draws."""
     if not models:
         raise CausalZooError("models is empty: pass {name: fitted_model, ...}.")
-    if num_samples < 25:
+    if num_samples < _MIN_DRAWS:
         raise CausalZooError(
-            f"num_samples={num_samples}: PSIS-LOO needs at least 25 draws of the globals."
+            f"num_samples={num_samples}: PSIS-LOO needs at least {_MIN_DRAWS} draws of the "
+            "globals (with fewer, ArviZ's Pareto-k is NaN)."
         )
     return {
         name: to_datatree(
@@ -57,14 +66,16 @@ def heldout_datatrees(
     }
 
 
-def heldout_lpd(dt, var_name: str = "x") -> dict[str, float]:
+def heldout_lpd(dt, var_name: str = "x", *, pointwise: bool = False) -> dict[str, Any]:
     """Log pointwise predictive density of held-out cells,
-    ``sum_n log mean_s p(x_n | globals_s)``, with its standard error over cells."""
+    ``sum_n log mean_s p(x_n | globals_s)``, with its standard error over cells
+    (``pointwise=True`` adds ``lpd_cells``, the per-cell terms, for paired differences)."""
     ll = dt["log_likelihood"].to_dataset()[var_name]
     values = ll.stack(sample=("chain", "draw")).transpose(..., "sample").values
     per_cell = logsumexp(values, axis=-1) - np.log(values.shape[-1])
     per_cell = per_cell.reshape(-1)
-    return {
+    extra = {"lpd_cells": per_cell} if pointwise else {}
+    return {**extra,
         "lpd": float(per_cell.sum()),
         "se": float(np.sqrt(per_cell.size * per_cell.var(ddof=1))) if per_cell.size > 1 else np.nan,
         "lpd_per_cell": float(per_cell.mean()),
@@ -102,8 +113,11 @@ def compare_models(
     Returns
     -------
     pandas.DataFrame
-        ``az.compare``'s table (``rank``, ``elpd``, ``elpd_diff``, ``weight``, …) plus the
-        held-out ``lpd``, its ``lpd_se`` and ``lpd_per_cell``.
+        ``az.compare``'s table (``rank``, ``elpd``, ``elpd_diff``, ``weight``, …, unrounded)
+        plus the held-out ``lpd``, its ``lpd_se`` and ``lpd_per_cell``, and ``lpd_diff`` /
+        ``lpd_diff_se``: the paired difference of the per-cell ``lpd`` from the model with
+        the highest ``lpd``, and its standard error over cells (the held-out comparison; see
+        the module docstring for why ``elpd`` runs below ``lpd`` here).
     """
     import arviz as az
 
@@ -111,11 +125,19 @@ def compare_models(
     with warnings.catch_warnings():
         if quiet:
             warnings.simplefilter("ignore", UserWarning)
-        table = az.compare(trees, method=method)
-    lpd = {name: heldout_lpd(dt) for name, dt in trees.items()}
+        # unrounded: ArviZ rounds elpd to its standard error by default
+        table = az.compare(trees, method=method, round_to="none")
+    lpd = {name: heldout_lpd(dt, pointwise=True) for name, dt in trees.items()}
     table["lpd"] = [lpd[n]["lpd"] for n in table.index]
     table["lpd_se"] = [lpd[n]["se"] for n in table.index]
     table["lpd_per_cell"] = [lpd[n]["lpd_per_cell"] for n in table.index]
+    best = max(lpd, key=lambda n: lpd[n]["lpd"])
+    diff = {n: lpd[n]["lpd_cells"] - lpd[best]["lpd_cells"] for n in lpd}
+    table["lpd_diff"] = [float(diff[n].sum()) for n in table.index]
+    table["lpd_diff_se"] = [
+        float(np.sqrt(diff[n].size * diff[n].var(ddof=1))) if diff[n].size > 1 else np.nan
+        for n in table.index
+    ]
     return table
 
 

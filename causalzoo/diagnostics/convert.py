@@ -8,8 +8,10 @@ materialises every draw of every cell on the device at once. :func:`to_datatree`
 * lays the ``S`` variational draws out as ``(chain=1, draw=S)``;
 * draws the global latents once per draw, then walks the cells in fixed-size chunks (one
   compilation), conditioning the guide on those globals so that every chunk of draw ``s``
-  sees the same global values; each chunk goes to host memory before the next one starts,
-  so device memory is bounded by the chunk, not by the number of cells;
+  sees the same global values; each chunk goes to host memory while the device computes
+  the next one, so device memory is bounded by two chunks, not by the number of cells;
+* draws the replicated counts of the built-in count likelihoods on the host with NumPy
+  (:mod:`causalzoo.diagnostics._predictive`), not with JAX's per-element rejection loops;
 * names dims after the model's plates (``cells``, ``perturbations``) and the user's labels
   (``genes``, latent names), with gene and perturbation names as coordinates.
 
@@ -21,19 +23,22 @@ per-cell arrays, dim names and the extra groups. Everything else is generic.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpyro.distributions as dist
 import numpy as np
+import numpyro.distributions as dist
 import xarray as xr
 from jax.scipy.special import logsumexp
 from numpyro import handlers
 
 from .._errors import CausalZooError
+from . import _predictive
 
 __all__ = [
     "PosteriorSource",
@@ -221,7 +226,12 @@ def _build_sampler(
         if pointwise:
             out["log_lik"] = _pointwise(mtr[obs])
         if predictive:
-            out["predictive"] = mtr[obs]["fn"].sample(key_pred)
+            # the built-in count likelihoods are sampled on the host (_predictive)
+            host = _predictive.device_params(mtr[obs]["fn"])
+            if host is None:
+                out["predictive"] = mtr[obs]["fn"].sample(key_pred)
+            else:
+                out["predictive_params"] = host
         return out
 
     def per_draw(params, key, globals_, chunk):
@@ -314,6 +324,7 @@ def to_datatree(
     log_likelihood: str = "conditional",
     n_inner: int = 1,
     include_local: bool = True,
+    observed_data: bool = True,
 ) -> xr.DataTree:
     """Posterior analysis of a fitted model as an ArviZ 1.x ``xarray.DataTree``.
 
@@ -331,11 +342,16 @@ def to_datatree(
     chunk_size : int, optional
         Cells per compiled call (default: as many as keep one chunk's predictive draws, or
         the entry's larger per-cell intermediates such as the snapshot model's particle
-        mixture, under 128 MiB). Device memory scales with it, not with the number of
-        cells.
+        mixture, times ``n_inner`` for ``"marginal"``, under 128 MiB). Device memory scales
+        with it (two chunks are in flight: the device computes the next while the host
+        stores this one), not with the number of cells. The cell latents' draws depend on
+        it: the same seed and chunk size give the same draws.
     posterior_predictive : bool
         Draw replicated data ``x_rep ~ p(x | z, globals)`` for every draw and cell (host
-        memory ``S * cells * genes`` floats).
+        memory ``S * cells * genes`` floats). The built-in count likelihoods (NB, ZINB,
+        Poisson) are sampled on the host by NumPy's exact samplers, from the parameters
+        the compiled program returns (JAX's exact samplers loop per element and dominated
+        the run time); other observation models by their own ``sample`` on the device.
     log_likelihood : {"conditional", "marginal"}
         ``"conditional"``: ``log p(x_n | z_n, globals)`` at the drawn cell latents.
         ``"marginal"``: ``log p(x_n | globals)``, the cell latents integrated out by
@@ -345,6 +361,11 @@ def to_datatree(
         Inner importance samples per draw and cell for ``"marginal"``.
     include_local : bool
         Keep the per-cell latents (``cells`` dim) in ``posterior``.
+    observed_data : bool
+        Keep the ``observed_data`` group: the cells' features as a dense ``(cells, genes)``
+        array in host memory. An AnnData opened with ``backed="r"`` is read a chunk of cells
+        at a time (never whole, and never twice), but this group is still the dense matrix;
+        ``False`` leaves it out (LOO and ``az.compare`` do not read it; the count PPCs do).
 
     Returns
     -------
@@ -383,7 +404,18 @@ def to_datatree(
         log_likelihood=log_likelihood,
         n_inner=int(n_inner) if log_likelihood == "marginal" else 1,
         include_local=include_local,
+        observed_data=observed_data,
     )
+
+
+def _default_chunk_size(src: PosteriorSource, num_samples: int, n_inner: int = 1) -> int:
+    """Cells per compiled call that keep the largest per-cell intermediate of a chunk, the
+    ``num_samples x n_inner`` draws of the features (or of ``src.cell_floats``), under
+    ``_CHUNK_BYTES``: the ``n_inner`` importance samples of the marginal likelihood are
+    evaluated together, so they count as draws."""
+    n_features = int(np.prod(np.shape(src.cell_data[src.observed])[1:])) or 1
+    width = max(n_features, int(src.cell_floats or 0))
+    return max(1, min(src.n_cells, _CHUNK_BYTES // (4 * num_samples * n_inner * width)))
 
 
 def draws_to_datatree(
@@ -396,14 +428,16 @@ def draws_to_datatree(
     log_likelihood: str = "conditional",
     n_inner: int = 1,
     include_local: bool = True,
+    observed_data: bool = True,
 ) -> xr.DataTree:
     """:func:`to_datatree` on a :class:`PosteriorSource` (the generic part)."""
     n = src.n_cells
-    x_obs = np.asarray(src.cell_data[src.observed])
-    n_features = int(np.prod(x_obs.shape[1:])) or 1
+    obs = src.observed
+    # a backed matrix (causalzoo.data.streaming.BackedRows) is read per chunk below
+    x_src = src.cell_data[obs]
+    x_obs = x_src if isinstance(x_src, np.ndarray) else None
     if chunk_size is None:
-        width = max(n_features, int(src.cell_floats or 0))
-        chunk_size = max(1, min(n, _CHUNK_BYTES // (4 * num_samples * width)))
+        chunk_size = _default_chunk_size(src, num_samples, n_inner)
     chunk_size = int(min(chunk_size, n))
     if chunk_size < 1:
         raise CausalZooError(f"chunk_size must be >= 1; got {chunk_size!r}.")
@@ -417,12 +451,12 @@ def draws_to_datatree(
         pad = chunk_size - (stop - start)
         out = {}
         for k, v in src.cell_data.items():
-            v = np.asarray(v)[start:stop]
+            v = np.asarray(v[start:stop])  # slice first: a backed matrix reads these rows only
             out[k] = np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1), mode="edge")
         return out, stop - start
 
     key_globals, key_cells = jax.random.split(jax.random.key(seed))
-    first, _ = chunk_at(0)
+    first, first_valid = chunk_at(0)
     globals_ = globals_fn(params, jax.random.split(key_globals, num_samples), first)
 
     # Each output is allocated once, (chain=1, draw, cells, ...), and filled chunk by chunk:
@@ -435,26 +469,60 @@ def draws_to_datatree(
             cat[name] = np.empty((1, value.shape[0], n, *value.shape[2:]), value.dtype)
         cat[name][0, :, start:start + valid] = value
 
+    def launch(i):
+        """Start chunk ``i`` on the device (dispatch is asynchronous)."""
+        chunk, valid = (first, first_valid) if i == 0 else chunk_at(i * chunk_size)
+        key_chunk = jax.random.fold_in(key_cells, i)
+        keys = jax.random.split(key_chunk, num_samples)
+        return chunk_fn(params, keys, globals_, chunk), valid, key_chunk, chunk[obs]
+
+    n_chunks = -(-n // chunk_size)
+    pool = (ThreadPoolExecutor(min(4, os.cpu_count() or 1))
+            if posterior_predictive and (os.cpu_count() or 1) > 1 else None)
     log_w_global = None
-    for i, start in enumerate(range(0, n, chunk_size)):
-        chunk, valid = chunk_at(start)
-        keys = jax.random.split(jax.random.fold_in(key_cells, i), num_samples)
-        res = jax.device_get(chunk_fn(params, keys, globals_, chunk))
-        if log_w_global is None:
-            log_w_global = np.asarray(res["log_w_global"])
-        for name in ("log_lik", "log_w", "log_marginal", "predictive"):
-            if name in res:
-                store(name, res[name], start, valid)
-        if include_local:
-            for name, value in res["local"].items():
-                store(f"local:{name}", value, start, valid)
-        del res
+    try:
+        pending = launch(0)
+        for i in range(n_chunks):
+            start = i * chunk_size
+            out, valid, key_chunk, x_chunk = pending
+            res = jax.device_get(out)
+            del out
+            if observed_data and not isinstance(x_src, np.ndarray):
+                if x_obs is None:
+                    x_obs = np.empty((n, *x_chunk.shape[1:]), x_chunk.dtype)
+                x_obs[start:start + valid] = x_chunk[:valid]
+            if i + 1 < n_chunks:
+                # the device computes the next chunk while the host stores (and samples)
+                # this one: two chunks are in flight, not one
+                pending = launch(i + 1)
+            if log_w_global is None:
+                log_w_global = np.asarray(res["log_w_global"])
+            for name in ("log_lik", "log_w", "log_marginal", "predictive"):
+                if name in res:
+                    store(name, res[name], start, valid)
+            if "predictive_params" in res:
+                pp = res["predictive_params"]
+                if "predictive" not in cat:
+                    cat["predictive"] = np.empty(
+                        (1, num_samples, n, *_predictive.event_shape(pp)), np.float32)
+                # NumPy streams seeded by the bits of the chunk's key (SeedSequence hashes
+                # them: unrelated to JAX's threefry use of that key)
+                _predictive.draw_into(
+                    pp, np.asarray(jax.random.key_data(key_chunk)).tolist(), valid,
+                    cat["predictive"][0, :, start:start + valid], pool,
+                )
+            if include_local:
+                for name, value in res["local"].items():
+                    store(f"local:{name}", value, start, valid)
+            del res
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
     plates = _site_plates(src.guide, src, params, first)
     cells = src.cell_plate  # the dim of the cell axis, named after the plate
     coords = {k: list(v) for k, v in src.coords.items()}
     coords[cells] = list(src.cell_names) if src.cell_names is not None else list(range(n))
-    obs = src.observed
 
     posterior = {}
     for name, value in jax.device_get(globals_).items():
@@ -470,7 +538,7 @@ def draws_to_datatree(
         for name, (dims, value) in src.derived(arrays).items():
             posterior[name] = (["chain", "draw", *dims], np.asarray(value))
 
-    obs_dims = [cells, *src.event_dims.get(obs, [f"{obs}_dim_{i}" for i in range(x_obs.ndim - 1)])]
+    obs_dims = [cells, *src.event_dims.get(obs, [f"{obs}_dim_{i}" for i in range(first[obs].ndim - 1)])]
     if log_likelihood == "conditional":
         ll = (["chain", "draw", *obs_dims], cat["log_lik"])
     else:
@@ -489,10 +557,11 @@ def draws_to_datatree(
 
     groups["posterior"] = dataset(posterior)
     if posterior_predictive:
-        pred = cat["predictive"].astype(x_obs.dtype, copy=False)
+        pred = cat["predictive"].astype(first[obs].dtype, copy=False)
         groups["posterior_predictive"] = dataset({obs: (["chain", "draw", *obs_dims], pred)})
     groups["log_likelihood"] = dataset({obs: ll})
-    groups["observed_data"] = dataset({obs: (obs_dims, x_obs)})
+    if observed_data:
+        groups["observed_data"] = dataset({obs: (obs_dims, x_obs)})
     if src.constant_data:
         groups["constant_data"] = dataset(dict(src.constant_data))
     stats = {

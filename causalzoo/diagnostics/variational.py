@@ -31,6 +31,10 @@ __all__ = [
 ]
 
 
+# Fewest draws for which PSIS gives a finite k (arviz-stats 1.x: a tail of floor(S / 5) >= 6).
+_MIN_DRAWS = 30
+
+
 def pareto_k(log_weights, axis: int = -1) -> np.ndarray:
     """Pareto-smoothed importance sampling shape ``k`` of log importance weights.
 
@@ -58,10 +62,11 @@ def pareto_k(log_weights, axis: int = -1) -> np.ndarray:
     from arviz_stats.base import array_stats
 
     lw = np.moveaxis(np.asarray(log_weights, dtype=np.float64), axis, -1)
-    if lw.shape[-1] < 25:
-        # the generalised Pareto fit uses the largest min(S / 5, 3 sqrt(S)) weights, >= 5
+    if lw.shape[-1] < _MIN_DRAWS:
+        # the generalised Pareto fit uses the largest floor(S / 5) weights; ArviZ's fit
+        # needs 6 of them (with 5 its first tail quartile is the minimum and k is NaN)
         raise CausalZooError(
-            f"Pareto-k needs at least 25 draws; got {lw.shape[-1]}. Draw more "
+            f"Pareto-k needs at least {_MIN_DRAWS} draws; got {lw.shape[-1]}. Draw more "
             "(to_datatree(..., num_samples=...))."
         )
     if not np.all(np.isfinite(lw)):

@@ -154,6 +154,12 @@ def test_compare_on_heldout_cells(fitted, adata, heldout, small):
     assert abs(table["weight"].sum() - 1) < 1e-6
     # the log pointwise predictive density bounds the LOO estimate from above
     assert (table["lpd"] >= table["elpd"] - 1e-6).all()
+    # paired lpd differences from the best lpd: zero for it, its own sum for the other
+    best, other = table["lpd"].idxmax(), table["lpd"].idxmin()
+    assert table.loc[best, "lpd_diff"] == 0 and table.loc[best, "lpd_diff_se"] == 0
+    assert np.isclose(table.loc[other, "lpd_diff"],
+                      table.loc[other, "lpd"] - table.loc[best, "lpd"])
+    assert table.loc[other, "lpd_diff_se"] > 0
     # the trees it compared (same draws: the compiled samplers are re-used): one marginal
     # log-likelihood per held-out cell, no predictive draws, no per-cell latents
     trees = cz.diagnostics.heldout_datatrees(models, heldout, num_samples=30, n_inner=4)
@@ -187,3 +193,42 @@ def test_errors(adata, fitted, small):
         to_datatree(object())
     with pytest.raises(CausalZooError, match="suffix"):
         save_datatree(None, "posterior.h5")
+
+
+def test_backed_anndata_is_read_a_chunk_at_a_time(fitted, adata, datatree, n_draws, chunk,
+                                                  tmp_path, monkeypatch):
+    """An AnnData opened with backed="r": every row is read once, a chunk at a time (never
+    the whole matrix), and the DataTree equals the in-memory one."""
+    import anndata
+
+    from causalzoo.data import streaming
+
+    path = tmp_path / "cells.h5ad"
+    adata.write_h5ad(path)
+    backed = anndata.read_h5ad(path, backed="r")
+    reads = []
+    real_getitem = streaming.BackedRows.__getitem__
+
+    def spy(self, key):
+        if isinstance(key, slice):
+            reads.append(len(self.rows[key]))
+        return real_getitem(self, key)
+
+    def no_whole_matrix(matrix, *args, **kwargs):
+        raise AssertionError(f"densified the whole matrix {matrix.shape}")
+
+    monkeypatch.setattr(streaming.BackedRows, "__getitem__", spy)
+    monkeypatch.setattr("causalzoo.data.anndata.densify", no_whole_matrix)
+    dt = to_datatree(fitted, backed, num_samples=n_draws, seed=0, chunk_size=chunk)
+    assert reads and max(reads) <= chunk and sum(reads) == adata.n_obs
+    for group in ("posterior", "posterior_predictive", "log_likelihood", "observed_data",
+                  "constant_data"):
+        assert dt[group].to_dataset().identical(datatree[group].to_dataset()), group
+    np.testing.assert_array_equal(dt["sample_stats"]["log_weight"],
+                                  datatree["sample_stats"]["log_weight"])
+    reads.clear()
+    bare = to_datatree(fitted, backed, num_samples=n_draws, seed=0, chunk_size=chunk,
+                       observed_data=False, posterior_predictive=False)
+    assert "observed_data" not in bare.children and sum(reads) == adata.n_obs
+    np.testing.assert_array_equal(bare["log_likelihood"]["x"], datatree["log_likelihood"]["x"])
+    backed.file.close()
