@@ -6,6 +6,7 @@ A script, not a test::
     python benchmarks/bench_peers.py --torch-python /tmp/torchenv/bin/python          # ~10 min
     python benchmarks/bench_peers.py --quick --torch-python /tmp/torchenv/bin/python  # ~1-2 min
     python benchmarks/bench_peers.py --quick --no-torch                               # JAX only
+    python benchmarks/bench_peers.py --torch-python /tmp/torchenv/bin/python --scvi-python /tmp/scvienv/bin/python
 
 Data: synthetic negative-binomial counts made with NumPy by ``bench_engine.make_data``
 (default 20,000 cells x 2,000 genes, mean ~2.6, ~55% zeros, 50 perturbations plus control),
@@ -31,6 +32,13 @@ Variants (``--variants``; each runs in its own worker process):
     skipped with a message when torch, or pyro, is not importable there): the hand-written
     PyTorch loop of the same architecture, eager and through ``torch.compile``, and Pyro SVI
     (``TraceMeanField_ELBO``) of the same VAE. See that file for the details.
+``scvi``
+    scvi-tools' ``SCVI`` with the same architecture (latent 10, 2 hidden layers of 128 with
+    LayerNorm, no BatchNorm or dropout, NB, gene-wise dispersion, observed library size),
+    trained by its own ``model.train`` (Lightning, ``AnnDataLoader``), run by
+    ``torch_reference.py --variant scvi`` under ``--scvi-python`` (default: the
+    ``--torch-python`` interpreter); skipped with a message when scvi-tools is not importable
+    there. Optional: scvi-tools is not in the ``bench`` extra.
 
 How it is timed, and why this way: the machine is shared, so the variants are **interleaved
 in one run**. Every worker is started at once (imports in parallel), then set up one at a
@@ -75,7 +83,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 JAX_VARIANTS = ("engine-vae", "engine-sparse", "numpyro-jit")
-TORCH_VARIANTS = ("torch-eager", "torch-compile", "pyro")
+TORCH_VARIANTS = ("torch-eager", "torch-compile", "pyro", "scvi")
 ALL_VARIANTS = JAX_VARIANTS + TORCH_VARIANTS
 LEARNING_RATE = 1e-3
 TARGETS = (  # (numerator, denominator, threshold, text)
@@ -85,7 +93,8 @@ TARGETS = (  # (numerator, denominator, threshold, text)
 )
 COMPILE_TARGET_S = 30.0
 EXTRA_RATIOS = (("engine-vae", "torch-eager"), ("engine-vae", "numpyro-jit"), ("torch-compile", "torch-eager"),
-                ("engine-sparse", "torch-compile"), ("engine-sparse", "pyro"))
+                ("engine-sparse", "torch-compile"), ("engine-sparse", "pyro"), ("engine-vae", "scvi"),
+                ("torch-eager", "scvi"), ("pyro", "scvi"))
 CSV_FIELDS = ("batch", "variant", "steps_per_window", "cells_per_s", "cells_per_s_min", "cells_per_s_max",
               "cells_per_cpu_s", "first_call_s", "compile_s", "peak_rss_mib", "mflop_per_cell", "gflops",
               "roofline_fraction", "loss_per_cell")
@@ -335,14 +344,30 @@ def torch_available(python):
     return found.get("torch"), found.get("pyro"), note
 
 
+def scvi_available(python):
+    """(scvi-tools version or None, message)."""
+    probe = "import json, scvi; print(json.dumps({'scvi': scvi.__version__}))"
+    try:
+        done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=300,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return None, f"cannot run {python}: {err}"
+    if done.returncode != 0:
+        return None, (f"scvi-tools is not importable by {python}; pass --scvi-python with an "
+                      "interpreter that has scvi-tools and the CPU build of torch "
+                      "(benchmarks/README.md)")
+    return json.loads(done.stdout.strip().splitlines()[-1])["scvi"], ""
+
+
 def worker_command(name, a, data_dir, steps, batch):
     common = ["--data", data_dir, "--batch", str(batch), "--steps", str(steps), "--seed", str(a.seed)]
     if name in JAX_VARIANTS:
         return [sys.executable, str(HERE / "bench_peers.py"), "--worker", name,
                 "--windows", str(a.rounds), *common]
-    variant = {"torch-eager": "eager", "torch-compile": "compile", "pyro": "pyro"}[name]
+    variant = {"torch-eager": "eager", "torch-compile": "compile", "pyro": "pyro", "scvi": "scvi"}[name]
     threads = ["--threads", str(a.torch_threads)] if a.torch_threads else []
-    return [a.torch_python, str(HERE / "torch_reference.py"), "--worker", "--variant", variant, *common,
+    python = (a.scvi_python or a.torch_python) if name == "scvi" else a.torch_python
+    return [python, str(HERE / "torch_reference.py"), "--worker", "--variant", variant, *common,
             *threads]
 
 
@@ -531,6 +556,8 @@ def parse_args(argv=None):
     p.add_argument("--variants", nargs="+", choices=ALL_VARIANTS, default=list(ALL_VARIANTS))
     p.add_argument("--torch-python", default=sys.executable,
                    help="interpreter with torch (CPU build) and pyro-ppl for the torch rows")
+    p.add_argument("--scvi-python", default=None,
+                   help="interpreter with scvi-tools for the scvi row (default: --torch-python)")
     p.add_argument("--torch-threads", type=int, default=None,
                    help="torch.set_num_threads in the torch workers (default: torch's default, "
                         "the fair setting; a diagnostic for loaded machines)")
@@ -580,21 +607,31 @@ def main(argv=None):
     if a.no_torch:
         torch_rows = []
     elif torch_rows:
+        want_scvi = "scvi" in torch_rows
+        torch_rows = [v for v in torch_rows if v != "scvi"]
         torch_version, pyro_version, note = torch_available(a.torch_python)
-        if torch_version is None:
+        if torch_rows and torch_version is None:
             print(f"# SKIPPING the torch and Pyro rows: {note}", flush=True)
             torch_rows = []
-        else:
+        elif torch_rows:
             meta.update(torch=torch_version, pyro=pyro_version, torch_python=a.torch_python,
                         torch_threads=a.torch_threads or "default")
             if pyro_version is None:
                 print(f"# {note}", flush=True)
                 torch_rows = [v for v in torch_rows if v != "pyro"]
+        if want_scvi:
+            scvi_version, scvi_note = scvi_available(a.scvi_python or a.torch_python)
+            if scvi_version is None:
+                print(f"# SKIPPING the scvi-tools row: {scvi_note}", flush=True)
+            else:
+                meta.update(scvi=scvi_version, scvi_python=a.scvi_python or a.torch_python,
+                            torch_threads=a.torch_threads or "default")
+                torch_rows.append("scvi")
     names += torch_rows
 
     print(f"# bench_peers  {meta['date']}  ({meta['nproc']} cpus, {meta['cpu']})")
     print(f"# jax {meta['jax']}  numpyro {meta['numpyro']}  python {meta['python']}  "
-          f"torch {meta.get('torch', '-')}  pyro {meta.get('pyro', '-')}")
+          f"torch {meta.get('torch', '-')}  pyro {meta.get('pyro', '-')}  scvi-tools {meta.get('scvi', '-')}")
     print(f"# load at start: {meta['uptime_start']}", flush=True)
     data = be.make_data(a.cells, a.genes, a.perturbations, a.seed)
     x = data["x"]

@@ -27,14 +27,23 @@ The model is the plain VAE of ``bench_engine.py`` / ``bench_peers.py``, written 
 Variants: ``eager`` (the loop above), ``compile`` (the loss, forward and backward, through
 ``torch.compile``; the Adam step eager), ``pyro`` (the same networks and likelihood as a Pyro
 model and guide, ``pyro.plate("cells", N, subsample=idx)``, ``TraceMeanField_ELBO`` (analytic
-KL), ``pyro.optim.Adam``, argument validation off as in NumPyro). ``torch.set_num_threads`` is
-left at its default unless ``--threads`` is given.
+KL), ``pyro.optim.Adam``, argument validation off as in NumPyro), ``scvi`` (scvi-tools'
+``SCVI`` trained with its own ``model.train``: Lightning loop and ``AnnDataLoader`` over an
+in-memory AnnData of the same counts; ``n_latent=10, n_hidden=128, n_layers=2``,
+``gene_likelihood="nb"``, gene-wise dispersion, observed library size, ``use_layer_norm="both"``,
+``use_batch_norm="none"``, ``dropout_rate=0``, no KL warm-up, Adam lr 1e-3 with PyTorch's
+``eps`` and no weight decay; what still differs from the loop above is scvi-tools' own: the
+encoder's variance is ``exp(raw) + 1e-4`` rather than the scale ``softplus(raw) + 1e-4``,
+the decoder also computes its zero-inflation head, the inverse dispersion starts at
+``exp(N(0, 1))`` rather than ``exp(2)``, and the loss is the mean over the minibatch). ``torch.set_num_threads`` is left at its default unless ``--threads`` is given.
 
 Timing protocol (the same as the JAX workers of ``bench_peers.py``): set-up (build, first
 step: the compile time of ``torch.compile``), one untimed warm-up window, then timed windows
 of ``--steps`` steps. In ``--worker`` mode the script prints ``@@ {json}`` lines on stdout
 ("imported", "ready" after a ``setup`` line read from stdin, then one "window" per ``go``
 line, "final" on ``stop``) so that the caller can interleave its windows with other stacks'.
+scvi-tools drives its own loop, so its windows are cut by a Lightning callback that counts
+minibatches and, in worker mode, waits on stdin between windows (outside the timed window).
 """
 
 from __future__ import annotations
@@ -288,9 +297,105 @@ def run(args):
     emit(final, args.worker)
 
 
+def run_scvi(args):
+    """scvi-tools' SCVI through ``model.train``, windows cut by a Lightning callback."""
+    import anndata
+    import lightning.pytorch as pl
+    import scvi
+
+    if args.worker:
+        emit({"event": "imported"}, True)
+        if sys.stdin.readline().strip() != "setup":
+            return
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    if args.data:
+        x_np = np.load(os.path.join(args.data, "x.npy"))
+    else:
+        x_np = synthetic_counts(args.cells, args.genes, args.seed)
+    scvi.settings.seed = args.seed
+    adata = anndata.AnnData(np.ascontiguousarray(x_np, dtype=np.float32))
+    del x_np
+    scvi.model.SCVI.setup_anndata(adata)
+    model = scvi.model.SCVI(adata, n_hidden=N_HIDDEN, n_latent=args.latent, n_layers=N_LAYERS,
+                            dropout_rate=0.0, dispersion="gene", gene_likelihood="nb",
+                            use_layer_norm="both", use_batch_norm="none")
+    n_cells = adata.n_obs
+    args.steps = args.steps or max(1, n_cells // args.batch)
+    module = model.module
+    # the multiply-adds of the reference architecture (encoder, decoder to the gene rates);
+    # scvi-tools also runs its zero-inflation head, not counted
+    counted = [module.z_encoder, module.decoder.px_decoder, module.decoder.px_scale_decoder]
+    macs = sum(forward_macs_per_cell(m) for m in counted)
+    build_s = time.perf_counter() - t_start
+    info = {}
+    windows = []
+    n_windows = None if args.worker else args.windows
+
+    class Windows(pl.Callback):
+        def __init__(self):
+            self.n, self.cells, self.losses = 0, 0, []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            now, cpu = time.perf_counter(), time.process_time()
+            self.n += 1
+            self.cells += int(batch["X"].shape[0])
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            self.losses.append(loss.detach())
+            if self.n == 1:
+                info.update(first_step_s=now - info["t_train"],
+                            first_loss_per_cell=float(loss))
+            elif (self.n - 1) % args.steps == 0:
+                window = {"event": "window", "seconds": now - self.t_go,
+                          "cpu_seconds": cpu - self.c_go, "steps": args.steps,
+                          "cells_per_s": self.cells / (now - self.t_go),
+                          "loss_per_cell": float(torch.stack(self.losses).mean())}
+                if self.n == 1 + args.steps:  # the warm-up window
+                    ready = {"event": "ready", "variant": "scvi", "scvi": scvi.__version__,
+                             "torch": torch.__version__, "python": sys.version.split()[0],
+                             "threads": torch.get_num_threads(), "build_s": build_s,
+                             "first_step_s": info["first_step_s"],
+                             "warmup_window_s": window["seconds"],
+                             "first_loss_per_cell": info["first_loss_per_cell"],
+                             "warmup_loss_per_cell": window["loss_per_cell"],
+                             "macs_per_cell": macs, "rss_mib": peak_rss_mib()}
+                    info["ready"] = ready
+                    if args.worker:
+                        emit(ready, True)
+                else:
+                    windows.append(window)
+                    if args.worker:
+                        emit(window, True)
+                if (sys.stdin.readline().strip() != "go" if args.worker
+                        else len(windows) >= n_windows):
+                    trainer.should_stop = True  # Lightning ends the fit after this batch
+                    return
+            if self.n == 1 or (self.n - 1) % args.steps == 0:
+                self.cells, self.losses = 0, []
+                self.t_go, self.c_go = time.perf_counter(), time.process_time()
+
+    epochs = 2 + (10**6 if args.worker else args.windows) * args.steps // max(1, n_cells // args.batch)
+    info["t_train"] = time.perf_counter()
+    model.train(max_epochs=epochs, batch_size=args.batch, train_size=1.0,
+                accelerator="cpu", devices=1, early_stopping=False,
+                datasplitter_kwargs={"drop_last": True}, callbacks=[Windows()],
+                plan_kwargs={"lr": LEARNING_RATE, "weight_decay": 0.0, "eps": 1e-8,
+                             "n_epochs_kl_warmup": None, "n_steps_kl_warmup": None},
+                enable_progress_bar=False, enable_model_summary=False)
+    final = {"event": "final", "variant": "scvi", "peak_rss_mib": peak_rss_mib(),
+             "total_s": time.perf_counter() - t_start}
+    if not args.worker:
+        rates = sorted(w["cells_per_s"] for w in windows)
+        final.update(info.get("ready", {}), event="result", windows=windows,
+                     cells_per_s_median=rates[len(rates) // 2] if len(rates) % 2 else
+                     0.5 * (rates[len(rates) // 2 - 1] + rates[len(rates) // 2]))
+    emit(final, args.worker)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--variant", choices=["eager", "compile", "pyro"], default="eager")
+    p.add_argument("--variant", choices=["eager", "compile", "pyro", "scvi"], default="eager")
     p.add_argument("--data", default=None, help="folder holding x.npy (float32 cells x genes)")
     p.add_argument("--cells", type=int, default=20000, help="synthetic cells when no --data")
     p.add_argument("--genes", type=int, default=2000, help="synthetic genes when no --data")
@@ -306,4 +411,5 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
-    run(parse_args())
+    _args = parse_args()
+    (run_scvi if _args.variant == "scvi" else run)(_args)

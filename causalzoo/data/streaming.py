@@ -22,6 +22,15 @@ checkpoints resume to the same result as an uninterrupted fit, and with one chun
 every cell (``chunk_cells = n_cells``) the fit is the resident fit: the chunk is then the
 whole data in its own order.
 
+Pairing cells with control cells (the alignment term of the sparse perturbation model) needs
+control cells from anywhere in the data, not only from the chunk.
+:meth:`CellSource.with_controls` adds to every chunk a small **control pool**: for each
+covariate context, ``per_context`` control cells of that context drawn uniformly (with
+replacement) from the whole data, read with the chunk; :func:`control_batch_fn` pairs each
+minibatch cell with a uniformly chosen pool cell of its context. Each pairing is then a
+uniform draw from the controls of the cell's context, as in the resident fit; the pool is
+redrawn with every chunk.
+
 Examples
 --------
 >>> import numpy as np
@@ -56,6 +65,7 @@ __all__ = [
     "CellSource",
     "anndata_source",
     "check_matrix_chunked",
+    "control_batch_fn",
     "is_backed",
     "row_sums",
 ]
@@ -63,6 +73,7 @@ __all__ = [
 _CHUNK_BYTES = 64 * 2**20
 _READ_ROWS = 4096
 _MAX_RUNS_PER_WINDOW = 8
+_POOL_SALT = 0xC0A7
 
 
 def _is_count(value) -> bool:
@@ -167,6 +178,105 @@ class CellSource:
         self.prefetch = prefetch
         self._order: tuple[tuple[int, ...], int, np.ndarray] | None = None
         self._lock = threading.Lock()
+        # with_controls: (context key, pool key, per_context, pools of control rows)
+        self._controls: tuple[str, str, int, list[np.ndarray]] | None = None
+
+    def with_controls(
+        self,
+        is_control: Any,
+        context: Any,
+        *,
+        per_context: int | None = None,
+        context_key: str = "context",
+        pool_key: str | None = None,
+    ) -> CellSource:
+        """This source, with a pool of control cells added to every chunk (for alignment).
+
+        Parameters
+        ----------
+        is_control : array of bool, (n_cells,)
+            Which cells are controls.
+        context : array of int, (n_cells,)
+            Each cell's covariate context, ``0 .. n_contexts - 1``; added to the resident
+            arrays as ``context_key``.
+        per_context : int, optional
+            Control cells drawn per context for each chunk. Default: an eighth of a chunk
+            shared out over the contexts, at least 16 per context.
+        context_key, pool_key
+            Names of the context ids and of the pool in a chunk; the pool (default
+            ``x_key + "_control_pool"``) is a ``(n_contexts, per_context, n_features)``
+            ``float32`` array whose row ``c`` holds controls of context ``c`` (of all
+            contexts when ``c`` has none).
+
+        Returns
+        -------
+        CellSource
+            A new source over the same matrix (this one is unchanged).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> x = np.arange(20, dtype=np.float32).reshape(10, 2)
+        >>> src = CellSource(x, chunk_cells=4).with_controls(
+        ...     np.arange(10) < 4, np.arange(10) % 2, per_context=3)
+        >>> chunk = src.chunk(0, [0])
+        >>> chunk["x_control_pool"].shape, sorted(chunk)
+        ((2, 3, 2), ['context', 'x', 'x_control_pool'])
+        >>> bool(np.all(chunk["x_control_pool"][1, :, 0] % 4 == 2))  # rows 1 and 3: context 1
+        True
+        """
+        is_control = np.asarray(is_control)
+        context = np.asarray(context)
+        if is_control.shape != (self.n_cells,) or is_control.dtype != np.bool_:
+            raise CausalZooError(
+                f"is_control must be a boolean array of the {self.n_cells} cells; got dtype "
+                f"{is_control.dtype} and shape {is_control.shape}."
+            )
+        if (context.shape != (self.n_cells,) or context.dtype.kind not in "iu"
+                or context.size and context.min() < 0):
+            raise CausalZooError(
+                f"context must be an array of {self.n_cells} integer context ids >= 0; got "
+                f"dtype {context.dtype} and shape {context.shape}."
+            )
+        controls = np.flatnonzero(is_control)
+        if controls.size == 0:
+            raise CausalZooError(
+                "alignment > 0 needs control cells to align to, and none were found; set "
+                "alignment=0."
+            )
+        n_contexts = int(context.max()) + 1
+        pools = [controls[context[controls] == c] for c in range(n_contexts)]
+        # A context without controls aligns to the controls of all contexts.
+        pools = [pool if pool.size else controls for pool in pools]
+        if per_context is None:
+            per_context = max(16, -(-self.chunk_cells // (8 * n_contexts)))
+        if not _is_count(per_context) or per_context < 1:
+            raise CausalZooError(f"per_context={per_context!r} must be a positive integer.")
+        pool_key = pool_key or f"{self.x_key}_control_pool"
+        names = {self.x_key, *self.resident}
+        if context_key in names or pool_key in names or context_key == pool_key:
+            raise CausalZooError(
+                f"context_key={context_key!r} and pool_key={pool_key!r} must be new names; "
+                f"the source already has {sorted(names)}."
+            )
+        new = CellSource(self.matrix, {**self.resident, context_key: context.astype(np.int32)},
+                         x_key=self.x_key, chunk_cells=self.chunk_cells,
+                         block_cells=self.block_cells, prefetch=self.prefetch)
+        new._controls = (context_key, pool_key, int(per_context), pools)
+        return new
+
+    def control_pool(self, index: int, seed: Sequence[int]) -> np.ndarray:
+        """The control pool of chunk ``index`` (see :meth:`with_controls`): a function of
+        the seed and ``index`` only."""
+        if self._controls is None:
+            raise CausalZooError("This source has no control pool; use with_controls().")
+        _, _, per_context, pools = self._controls
+        rng = np.random.default_rng([*(int(s) for s in seed), int(index), _POOL_SALT])
+        picks = np.stack([pool[rng.integers(0, pool.size, per_context)] for pool in pools])
+        # read each distinct row once, in sorted order (runs of rows are read together)
+        rows, where = np.unique(picks, return_inverse=True)
+        dense = self.read(rows)[self.x_key]
+        return dense[where.reshape(picks.shape)]
 
     @property
     def chunks_per_epoch(self) -> int:
@@ -177,8 +287,13 @@ class CellSource:
         """JSON-able description that a checkpoint of a streamed fit must match."""
         arrays = {self.x_key: [[self.n_features], "float32"]}
         arrays.update({k: [list(v.shape[1:]), str(v.dtype)] for k, v in self.resident.items()})
-        return {"streamed": {"n_cells": self.n_cells, "chunk_cells": self.chunk_cells,
-                             "block_cells": self.block_cells, "arrays": arrays}}
+        streamed = {"n_cells": self.n_cells, "chunk_cells": self.chunk_cells,
+                    "block_cells": self.block_cells, "arrays": arrays}
+        if self._controls is not None:
+            _, pool_key, per_context, pools = self._controls
+            streamed["control_pool"] = {"key": pool_key, "shape": [len(pools), per_context,
+                                                                   self.n_features]}
+        return {"streamed": streamed}
 
     def epoch_order(self, epoch: int, seed: Sequence[int]) -> np.ndarray:
         """All cells in the order of ``epoch``: the contiguous blocks, randomly permuted."""
@@ -229,8 +344,12 @@ class CellSource:
 
     def chunk(self, index: int, seed: Sequence[int]) -> dict[str, np.ndarray]:
         """The arrays of chunk ``index`` of the stream seeded by ``seed`` (``chunk_cells``
-        rows each, cells in increasing index order)."""
-        return self.read(self.rows(index, seed))
+        rows each, cells in increasing index order; plus the control pool of
+        :meth:`with_controls`)."""
+        out = self.read(self.rows(index, seed))
+        if self._controls is not None:
+            out[self._controls[1]] = self.control_pool(index, seed)
+        return out
 
     def feed(self, seed: Sequence[int], put: Callable[[dict], Any] = lambda c: c) -> _Feed:
         """What the engine pulls chunks from: ``feed.get(c)`` returns ``put(chunk(c))`` and
@@ -238,9 +357,39 @@ class CellSource:
         return _Feed(self, [int(s) for s in seed], put)
 
     def __repr__(self) -> str:
+        pool = ("" if self._controls is None else
+                f", control pool {len(self._controls[3])} x {self._controls[2]}")
         return (f"CellSource({self.n_cells} cells x {self.n_features}, chunk_cells="
                 f"{self.chunk_cells}, block_cells={self.block_cells}, resident="
-                f"{sorted(self.resident)})")
+                f"{sorted(self.resident)}{pool})")
+
+
+def control_batch_fn(
+    names: Sequence[str] = ("x", "design", "covariates", "library_size"),
+    *,
+    context_key: str = "context",
+    pool_key: str = "x_control_pool",
+    control_key: str = "x_control",
+) -> Callable:
+    """A ``batch_fn`` for :func:`~causalzoo.inference.fit_svi` on a source made by
+    :meth:`CellSource.with_controls`: the minibatch's ``names``, plus ``control_key``, for
+    each cell a pool cell of its context chosen uniformly at random.
+
+    Since every pool cell is a uniform draw from its context's controls, so is each pairing:
+    the same distribution as pairing with any control of the context in the whole data.
+    """
+    import jax  # the data layer imports jax only where a batch function needs it
+
+    names = tuple(names)
+
+    def batch_fn(key, idx, data):
+        batch = {k: data[k][idx] for k in names}
+        pool = data[pool_key]
+        pick = jax.random.randint(key, idx.shape, 0, pool.shape[1])
+        batch[control_key] = pool[data[context_key][idx], pick]
+        return batch
+
+    return batch_fn
 
 
 class _Feed:

@@ -63,6 +63,9 @@ class ShiftRotation:
         The perturbed conditions whose shifts were used.
     objective : float
         The smoothed L1 norm of ``shifts`` reached (lower is sparser).
+    n_starts, seed : int or None
+        The search settings that found it (``None`` when unknown: a rotation saved by an
+        older version).
     """
 
     offset: np.ndarray
@@ -71,6 +74,8 @@ class ShiftRotation:
     shifts: np.ndarray
     conditions: list[str]
     objective: float
+    n_starts: int | None = None
+    seed: int | None = None
 
     @property
     def matrix(self) -> np.ndarray:
@@ -95,6 +100,8 @@ class ShiftRotation:
             "shifts": self.shifts.tolist(),
             "conditions": list(self.conditions),
             "objective": float(self.objective),
+            "n_starts": None if self.n_starts is None else int(self.n_starts),
+            "seed": None if self.seed is None else int(self.seed),
         }
 
     @classmethod
@@ -107,6 +114,8 @@ class ShiftRotation:
             shifts=np.asarray(d["shifts"], np.float64).reshape(-1, k),
             conditions=[str(c) for c in d["conditions"]],
             objective=float(d["objective"]),
+            n_starts=None if d.get("n_starts") is None else int(d["n_starts"]),
+            seed=None if d.get("seed") is None else int(d["seed"]),
         )
 
 
@@ -245,4 +254,6 @@ def sparse_shift_rotation(
         shifts=shifts @ best_rotation,
         conditions=names,
         objective=float(best_value),
+        n_starts=int(n_starts),
+        seed=int(seed),
     )

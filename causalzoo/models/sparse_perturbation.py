@@ -19,11 +19,15 @@ Guide: amortised ``q(z_inv | x)`` and ``q(z_resp | x, d)`` (Flax NNX encoders), 
 optional PerturbedVAE alignment term ``alpha * ||E q(z_inv | x_n) - E q(z_inv | x_ctrl)||^2``
 against a control cell of the same covariates is added outside the ELBO by
 :class:`causalzoo.inference.AlignedELBO`; the guide exposes the distance as the deterministic
-site ``"alignment_distance"`` when it is given ``x_control``.
+site ``"alignment_distance"`` when it is given ``x_control``. The optional invariance term
+``lambda * n_cells * invariance_discrepancy(E q(z_inv | x), d, c)`` (how far each perturbed
+condition's mean invariant encoding lies from its controls' in a minibatch) is added the same
+way by :class:`SparsePerturbationELBO`: it keeps perturbation information out of ``z_inv``.
 
 **SAMS-VAE** is the configuration ``scm_graph="none"`` (``W = 0``), ``couple_invariant=False``
-(``B = 0``) and ``alignment=0``: then ``z = [z_inv, z_resp] = z_basal + [0, D (E * M)]`` with
-``z_basal ~ N(0, I)``, SAMS-VAE's generative model (Bereket & Karaletsos, 2023).
+(``B = 0``), ``alignment=0`` and ``invariance=0``: then
+``z = [z_inv, z_resp] = z_basal + [0, D (E * M)]`` with ``z_basal ~ N(0, I)``, SAMS-VAE's
+generative model (Bereket & Karaletsos, 2023).
 
 **Identifiability class** (PerturbedVAE's claim): ``z_resp`` up to permutation and scaling,
 ``z_inv`` up to a block-linear map. Assumptions: a smooth injective decoder; sparse shifts
@@ -62,13 +66,16 @@ from ..blocks.likelihoods import Likelihood, get_likelihood
 from ..blocks.mechanisms import LinearGaussianSCM, additive_shift
 from ..blocks.nn import attach, default_factory
 from ..blocks.priors import SparsityPrior, get_sparsity_prior
+from ..inference.losses import AlignedELBO
 
 __all__ = [
     "SparsePerturbationConfig",
-    "sparse_perturbation_model",
-    "sparse_perturbation_guide",
-    "global_guide",
+    "SparsePerturbationELBO",
     "cells_plate",
+    "global_guide",
+    "invariance_discrepancy",
+    "sparse_perturbation_guide",
+    "sparse_perturbation_model",
 ]
 
 NETWORK_NAMES = ("decoder", "encoder_invariant", "encoder_response")
@@ -99,6 +106,13 @@ class SparsePerturbationConfig:
         Learn ``B``, the response block's dependence on ``z_inv``.
     alignment : float
         Weight ``alpha`` of the PerturbedVAE alignment term (0 switches it off).
+    invariance : float
+        Weight ``lambda`` of the invariance term (0 switches it off): in each minibatch, the
+        squared difference between the mean invariant encoding ``E q(z_inv | x)`` of each
+        perturbed condition and that of the control cells of the same covariates
+        (:func:`invariance_discrepancy`), per cell, added outside the ELBO by
+        :class:`SparsePerturbationELBO`. It keeps perturbation information out of ``z_inv``
+        (the model's ``z_inv`` never depends on ``d``).
     learn_noise : bool
         Learn the response variables' exogenous noise scales ``sigma`` (else ``sigma = 1``).
     activation : str
@@ -116,6 +130,7 @@ class SparsePerturbationConfig:
     scm_graph: str = "lower_triangular"
     couple_invariant: bool = True
     alignment: float = 0.0
+    invariance: float = 0.0
     learn_noise: bool = False
     activation: str = "relu"
     networks: Mapping[str, Callable] | None = field(default=None, compare=False)
@@ -129,12 +144,16 @@ class SparsePerturbationConfig:
             raise CausalZooError(f"n_layers must be an integer >= 0; got {self.n_layers!r}.")
         if isinstance(self.n_layers, bool):
             raise CausalZooError(f"n_layers must be an integer >= 0; got {self.n_layers!r}.")
-        if (
-            not isinstance(self.alignment, (int, float))
-            or isinstance(self.alignment, bool)
-            or not self.alignment >= 0
-        ):
-            raise CausalZooError(f"alignment must be a number >= 0; got {self.alignment!r}.")
+        for name in ("alignment", "invariance"):
+            value = getattr(self, name)
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not 0 <= value < float("inf")
+            ):
+                raise CausalZooError(
+                    f"{name} must be a number >= 0 (and finite); got {value!r}."
+                )
         unknown = set(self.networks or {}) - set(NETWORK_NAMES)
         if unknown:
             raise CausalZooError(
@@ -202,7 +221,8 @@ class SparsePerturbationConfig:
     @classmethod
     def sams_vae(cls, **kwargs) -> SparsePerturbationConfig:
         """The SAMS-VAE configuration: ``W = 0``, ``B = 0``, no alignment."""
-        return cls(**{**kwargs, "scm_graph": "none", "couple_invariant": False, "alignment": 0.0})
+        return cls(**{**kwargs, "scm_graph": "none", "couple_invariant": False, "alignment": 0.0,
+                      "invariance": 0.0})
 
 
 DEFAULT_CONFIG = SparsePerturbationConfig()
@@ -393,3 +413,108 @@ def sparse_perturbation_guide(
             numpyro.deterministic(
                 "alignment_distance", jnp.sum((loc_inv - loc_ctrl) ** 2, axis=-1)
             )
+
+
+def _pair_sums(a, b, gram):
+    """Per row ``i``: ``sum_{j, j'} a_ij b_ij' gram_jj'`` (``a``, ``b`` 0/1 masks)."""
+    return jnp.sum((a @ gram) * b, axis=-1)
+
+
+def invariance_discrepancy(z_inv, design, covariates=None):
+    """How much the invariant encodings of a minibatch depend on the perturbation.
+
+    For every perturbed cell ``i``, the unbiased estimate of
+    ``||mean(z_inv over i's condition) - mean(z_inv over the control cells of i's covariate
+    context)||^2`` from the cells of the minibatch (a condition is a distinct design row and
+    covariate row); averaged over all cells, controls counting 0, and over nothing where a
+    condition or its controls have fewer than two cells in the batch. Zero in expectation
+    when ``z_inv`` is independent of the design given the covariates, as the model says it
+    is; the within-condition spread does not bias it (pairs of distinct cells only).
+
+    Parameters
+    ----------
+    z_inv : array (cells, K_inv)
+        Invariant encodings (posterior means).
+    design : array (cells, T)
+        Multi-hot design; a control cell's row is all zeros.
+    covariates : array (cells, C), optional
+        One-hot covariates; conditions are compared with the controls of their context.
+
+    Returns
+    -------
+    scalar
+        The mean over cells (may be slightly negative: an unbiased estimate).
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> design = jnp.array([[0.], [0.], [1.], [1.]])
+    >>> float(invariance_discrepancy(jnp.array([[0.], [0.], [2.], [2.]]), design))
+    2.0
+    """
+    n = design.shape[0]
+    if covariates is None:
+        covariates = jnp.zeros((n, 0), design.dtype)
+    key = jnp.concatenate([design, covariates], axis=-1)
+    same_condition = (jnp.abs(key[:, None, :] - key[None, :, :]).sum(-1) == 0).astype(z_inv.dtype)
+    same_context = (
+        jnp.abs(covariates[:, None, :] - covariates[None, :, :]).sum(-1) == 0
+    ).astype(z_inv.dtype)
+    is_control = design.sum(-1) == 0
+    controls = same_context * is_control[None, :].astype(z_inv.dtype)
+    gram = z_inv @ z_inv.T
+    diag = jnp.diagonal(gram)
+    n_cond = same_condition.sum(-1)
+    n_ctrl = controls.sum(-1)
+    within_cond = (_pair_sums(same_condition, same_condition, gram) - same_condition @ diag) / (
+        jnp.maximum(n_cond * (n_cond - 1), 1.0)
+    )
+    within_ctrl = (_pair_sums(controls, controls, gram) - controls @ diag) / (
+        jnp.maximum(n_ctrl * (n_ctrl - 1), 1.0)
+    )
+    cross = _pair_sums(same_condition, controls, gram) / jnp.maximum(n_cond * n_ctrl, 1.0)
+    valid = (~is_control) & (n_cond >= 2) & (n_ctrl >= 2)
+    return jnp.sum(jnp.where(valid, within_cond + within_ctrl - 2 * cross, 0.0)) / n
+
+
+class SparsePerturbationELBO(AlignedELBO):
+    """The loss of the sparse perturbation model: ``-ELBO`` plus the PerturbedVAE alignment
+    term (:class:`~causalzoo.inference.AlignedELBO`) plus
+    ``invariance * n_cells * invariance_discrepancy(E q(z_inv | x), design, covariates)``.
+
+    The invariance term reads the guide's ``z_inv`` site (its location, the encoder mean)
+    and the minibatch's ``design`` and ``covariates``; like the alignment term it is a loss on
+    the guide's outputs, not a density, so the model and guide stay unchanged. With both
+    weights 0 it is exactly NumPyro's ``TraceMeanField_ELBO``.
+
+    Parameters
+    ----------
+    alignment, invariance : float
+        Weights of the two terms.
+    num_particles : int
+        Particles of the ELBO estimate.
+
+    Examples
+    --------
+    >>> loss = SparsePerturbationELBO(invariance=10.0)
+    >>> loss.invariance
+    10.0
+    """
+
+    def __init__(self, alignment: float = 0.0, invariance: float = 0.0, *,
+                 num_particles: int = 1):
+        super().__init__(alignment, num_particles=num_particles)
+        self.invariance = float(invariance)
+
+    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
+        out = super().loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)
+        if not self.invariance:
+            return out
+        tr = handlers.trace(
+            handlers.substitute(handlers.seed(guide, rng_key), data=param_map)
+        ).get_trace(*args, **kwargs)
+        loc = tr["z_inv"]["fn"].base_dist.loc
+        design = kwargs["design"]
+        n_cells = kwargs.get("n_cells") or design.shape[0]
+        penalty = invariance_discrepancy(loc, design, kwargs.get("covariates"))
+        return {**out, "loss": out["loss"] + self.invariance * n_cells * penalty}

@@ -2,7 +2,7 @@
 
 It checks that the harness still drives causalzoo's engine one compiled call per window
 (the progress-bar stand-in of the engine worker raises if a call runs another number of
-steps), writes its JSON and CSV, and says so when torch is missing instead of failing.
+steps), writes its JSON and CSV, and says so when torch or scvi-tools is missing instead of failing.
 """
 
 import csv
@@ -36,6 +36,15 @@ def test_torch_missing_is_reported(bench_peers):
     assert "--torch-python" in note
 
 
+def test_scvi_missing_is_reported(bench_peers):
+    # scvi-tools is optional (not in the bench extra): its row is skipped with a reason.
+    if importlib.util.find_spec("scvi") is not None:
+        pytest.skip("scvi-tools is installed in this interpreter")
+    version, note = bench_peers.scvi_available(sys.executable)
+    assert version is None
+    assert "--scvi-python" in note
+
+
 @pytest.mark.slow
 def test_engine_worker_round_trip(bench_peers, tmp_path):
     genes, rounds, steps = 16, 2, 3
@@ -61,3 +70,40 @@ def test_engine_worker_round_trip(bench_peers, tmp_path):
     with open(tmp_path / "smoke.csv") as fh:
         (line,) = list(csv.DictReader(fh))
     assert line["variant"] == "engine-vae" and float(line["cells_per_s"]) > 0
+
+
+@pytest.fixture(scope="module")
+def bench_streaming():
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        import bench_streaming
+
+        yield bench_streaming
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+
+def test_streaming_writer_appends_nb_counts_chunk_by_chunk(bench_streaming, tmp_path):
+    import anndata
+    import numpy as np
+    import scipy.sparse as sp
+
+    # the NB draws by inversion have the NB's mean, variance and zero mass
+    rng = np.random.default_rng(0)
+    mu, theta = np.full((40000, 2), 1.5, np.float32), np.array([0.4, 3.0], np.float32)
+    x = sp.csr_matrix(bench_streaming._nb_sparse(rng, mu, theta), shape=mu.shape).toarray()
+    np.testing.assert_allclose(x.mean(0), 1.5, rtol=0.05)
+    np.testing.assert_allclose(x.var(0), 1.5 + 1.5**2 / theta, rtol=0.1)
+    np.testing.assert_allclose((x == 0).mean(0), (theta / (theta + 1.5)) ** theta, atol=0.01)
+    # the file is written in appended chunks (1,200 cells, 500 at a time) and reads back whole
+    path = tmp_path / "cells.h5ad"
+    info = bench_streaming.write_h5ad(path, 1200, 300, seed=0, chunk=500)
+    adata = anndata.read_h5ad(path)
+    assert adata.shape == (1200, 300) and sp.issparse(adata.X)
+    assert adata.X.nnz == info["nnz"] and 0.03 < info["density"] < 0.2
+    counts = adata.X.toarray()
+    assert np.all(counts == np.round(counts)) and np.all(counts.sum(1) > 0)
+    assert list(adata.obs["perturbation"].cat.categories[:2]) == ["control", "P0"]
+    backed = anndata.read_h5ad(path, backed="r")
+    np.testing.assert_array_equal(backed.X[495:505].toarray(), counts[495:505])
+    backed.file.close()

@@ -233,11 +233,122 @@ def test_backed_set_up_validates_block_by_block(tmp_path, monkeypatch):
     backed.file.close()
 
 
-def test_backed_alignment_is_refused(tmp_path):
+def test_backed_alignment_fits_from_a_control_pool(tmp_path, monkeypatch):
+    # SparsePerturbationVAE.fit streams with alignment > 0: every chunk it reads carries a
+    # pool of control cells (the pairing itself is tested below).
+    pools = []
+    chunk = CellSource.chunk
+
+    def spy(self, index, seed):
+        out = chunk(self, index, seed)
+        pools.append(out.get("x_control_pool"))
+        return out
+
+    monkeypatch.setattr(CellSource, "chunk", spy)
     backed = anndata.read_h5ad(write_h5ad(tmp_path / "cells.h5ad"), backed="r")
     cz.SparsePerturbationVAE.setup_anndata(backed)
     model_ = cz.SparsePerturbationVAE(backed, n_latent_invariant=2, n_latent_response=2,
-                                      alignment=1.0)
-    with pytest.raises(CausalZooError, match="alignment=0"):
-        model_.fit(max_steps=2, progress=False)
+                                      n_hidden=8, alignment=1.0)
+    model_.fit(max_steps=4, batch_size=16, progress=False, seed=0)
+    assert np.all(np.isfinite(model_.history["loss"]))
+    assert pools and all(p is not None and p.shape[-1] == backed.n_vars for p in pools)
+    backed.file.close()
+
+
+# ---------------------------------------------------------------- control pool (alignment)
+
+
+def test_control_pool_holds_controls_of_each_context():
+    n = 90
+    x = np.zeros((n, 3), np.float32)
+    x[:, 0] = np.arange(n)  # a cell's row id, to see which cells were read
+    context = np.arange(n) % 3
+    is_control = (np.arange(n) % 5 == 0) & (context != 2)  # context 2 has no controls
+    src = CellSource(sp.csr_matrix(x), chunk_cells=30, block_cells=4).with_controls(
+        is_control, context, per_context=7)
+    chunk = src.chunk(0, [3])
+    pool = chunk["x_control_pool"]
+    assert pool.shape == (3, 7, 3) and pool.dtype == np.float32
+    ids = pool[:, :, 0].astype(int)
+    assert is_control[ids].all()
+    assert np.all(context[ids[0]] == 0) and np.all(context[ids[1]] == 1)
+    # a context without controls falls back to the controls of all contexts
+    assert set(context[ids[2]]) <= {0, 1}
+    np.testing.assert_array_equal(chunk["context"], context[chunk["x"][:, 0].astype(int)])
+    # a function of the seed and the chunk only; redrawn with every chunk
+    np.testing.assert_array_equal(src.chunk(0, [3])["x_control_pool"], pool)
+    assert not np.array_equal(src.chunk(1, [3])["x_control_pool"], pool)
+    assert src.describe()["streamed"]["control_pool"]["shape"] == [3, 7, 3]
+    assert "control_pool" not in CellSource(x).describe()["streamed"]
+    # the batch function pairs each cell with a pool cell of its own context
+    batch_fn = streaming.control_batch_fn(("x",))
+    idx = jnp.arange(30)
+    batch = batch_fn(jax.random.key(0), idx, jax.tree.map(jnp.asarray, chunk))
+    paired = np.asarray(batch["x_control"][:, 0]).astype(int)
+    assert is_control[paired].all()
+    own = chunk["context"] != 2
+    np.testing.assert_array_equal(context[paired][own], chunk["context"][own])
+    assert len(set(paired)) > 3  # drawn at random, not one cell per context
+
+
+def test_control_pool_errors(counts):
+    src = source(counts, chunk_cells=50)
+    n = counts.shape[0]
+    with pytest.raises(CausalZooError, match="none were found; set alignment=0"):
+        src.with_controls(np.zeros(n, bool), np.zeros(n, int))
+    with pytest.raises(CausalZooError, match="is_control must be a boolean array of the 150"):
+        src.with_controls(np.ones(3, bool), np.zeros(n, int))
+    with pytest.raises(CausalZooError, match="context must be an array of 150 integer"):
+        src.with_controls(np.ones(n, bool), np.zeros(n))
+    with pytest.raises(CausalZooError, match="per_context=0"):
+        src.with_controls(np.ones(n, bool), np.zeros(n, int), per_context=0)
+    with pytest.raises(CausalZooError, match="must be new names"):
+        src.with_controls(np.ones(n, bool), np.zeros(n, int), context_key="size")
+    with pytest.raises(CausalZooError, match="no control pool"):
+        src.control_pool(0, [0])
+
+
+def test_streamed_alignment_fit_of_the_sparse_model(tmp_path):
+    # The path SparsePerturbationVAE.fit would take with alignment > 0 on a backed AnnData.
+    from causalzoo.api.sparse_perturbation import _context_ids
+    from causalzoo.inference.losses import AlignedELBO
+    from causalzoo.inference.svi import two_speed_adam
+    from causalzoo.models.sparse_perturbation import (
+        sparse_perturbation_guide,
+        sparse_perturbation_model,
+    )
+
+    backed = anndata.read_h5ad(write_h5ad(tmp_path / "cells.h5ad"), backed="r")
+    cz.SparsePerturbationVAE.setup_anndata(backed)
+    vae = cz.SparsePerturbationVAE(backed, n_latent_invariant=2, n_latent_response=2,
+                                   n_hidden=8, alignment=1.0)
+
+    def run(alignment, prefetch=True):
+        src, arrays = streaming.anndata_source(backed, vae.registry, chunk_cells=64,
+                                               block_cells=8, prefetch=prefetch)
+        context, _ = _context_ids(arrays["covariate_codes"])
+        return fit_svi(sparse_perturbation_model, sparse_perturbation_guide,
+                       src.with_controls(arrays["is_control"], context),
+                       batch_size=16, max_steps=12, steps_per_call=4, seed=1,
+                       optimizer=two_speed_adam(1e-3, 1e-2), loss=AlignedELBO(alignment),
+                       static_kwargs=vae._model_kwargs(), batch_fn=streaming.control_batch_fn(),
+                       progress=False)
+
+    aligned = run(1.0)
+    assert np.all(np.isfinite(aligned.losses))
+    # reproducible, prefetching or not
+    again = run(1.0, prefetch=False)
+    np.testing.assert_array_equal(aligned.losses, again.losses)
+    jax.tree.map(np.testing.assert_array_equal, aligned.params, again.params)
+    # the paired control cells reach the guide's alignment term
+    src, arrays = streaming.anndata_source(backed, vae.registry, chunk_cells=64, block_cells=8)
+    chunk = src.with_controls(arrays["is_control"],
+                              _context_ids(arrays["covariate_codes"])[0]).chunk(0, [1])
+    batch = streaming.control_batch_fn()(jax.random.key(0), jnp.arange(16),
+                                         jax.tree.map(jnp.asarray, chunk))
+    guide_trace = numpyro.handlers.trace(numpyro.handlers.substitute(
+        numpyro.handlers.seed(sparse_perturbation_guide, 0), aligned.params)
+    ).get_trace(**batch, **vae._model_kwargs())
+    distance = np.asarray(guide_trace["alignment_distance"]["value"])
+    assert distance.shape == (16,) and np.all(np.isfinite(distance)) and distance.mean() > 0
     backed.file.close()

@@ -10,7 +10,10 @@ from hypothesis import strategies as st
 
 from causalzoo import CausalZooError
 from causalzoo.identifiability import mcc
-from causalzoo.identifiability.shift_rotation import ShiftRotation, sparse_shift_rotation
+from causalzoo.identifiability.shift_rotation import (
+    ShiftRotation,
+    sparse_shift_rotation,
+)
 
 
 def sparse_latents(seed, k=3, n_per=150, noise=(0.3, 0.3, 0.3)):
@@ -76,6 +79,11 @@ def test_round_trip_and_transform_shape():
     again = ShiftRotation.from_dict(rot.to_dict())
     np.testing.assert_array_equal(again.transform(z), rot.transform(z))
     assert again.conditions == rot.conditions == [f"P{t}" for t in range(8)]
+    assert (again.n_starts, again.seed) == (rot.n_starts, rot.seed) == (4, 0)
+    legacy = {k: v for k, v in rot.to_dict().items() if k not in ("n_starts", "seed")}
+    old = ShiftRotation.from_dict(legacy)  # saved before the settings were recorded
+    assert (old.n_starts, old.seed) == (None, None)
+    np.testing.assert_array_equal(old.transform(z), rot.transform(z))
     with pytest.raises(CausalZooError, match=r"shape \(n, 3\)"):
         rot.transform(z[:, :2])
 
