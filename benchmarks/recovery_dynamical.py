@@ -30,8 +30,14 @@ estimate (information present but entangled vs absent) and the smallest, over do
 a domain's largest target probability (whether the domains still act). ``--schedule
 cosine``, ``--fit-seed``, ``--shift-scale``, ``--log-scale-shift-scale`` and
 ``--target-probability`` set the fit's schedule and seed and the model's priors (defaults:
-the model's). Measured diagnosis: ``docs/models/dynamical.md``, "Why recovery fails on
-seeds 1 and 2".
+the model's). ``--log-scale-shift-rate global`` trains the domains' log noise-scale shifts at the
+global learning rate, ``--noise-modulation all`` lets every domain change every latent's noise
+scale (LEAP's noise model), ``--noise-scale`` sets the generator's noise level, and
+``--control stationary`` fits the control with one domain for all units instead of shuffled
+labels. ``--oracle`` fits only the model's transition prior to the true latents and to
+random rotations of them, with true and shuffled labels (does the prior family prefer the
+truth, and do the domains help?). Measured diagnosis: ``docs/models/dynamical.md``, "Why
+recovery fails on seeds 1 and 2" and "Second investigation".
 
 Run: ``python benchmarks/recovery_dynamical.py --latents 3 --domains 20 --per-domain 150
 --steps 3000 --seed 0`` (the size of ``tests/identifiability/test_dynamical_recovery.py``),
@@ -48,6 +54,7 @@ import time
 
 import anndata
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -59,6 +66,7 @@ from causalzoo.identifiability import (
     r2_kernel_ridge,
     r2_linear,
 )
+from causalzoo.models.dynamical import DynamicalConfig
 
 
 def _leaky_relu(a, slope=0.2):
@@ -91,12 +99,14 @@ def make_data(args):
     if args.generator == "tdrl":
         data = cz.identifiability.generators.tdrl_changing(
             n_domains=args.domains, n_per_domain=args.per_domain, n_latent=args.latents,
-            n_lags=args.lags, n_steps=args.n_steps, seed=args.seed,
+            n_lags=args.lags, n_steps=args.n_steps, noise_scale=args.noise_scale,
+            seed=args.seed,
         )
     else:
         data = cz.identifiability.generators.leap_nonstationary(
             n_domains=args.domains, n_per_domain=args.per_domain, n_latent=args.latents,
-            n_lags=args.lags, n_steps=args.n_steps, seed=args.seed,
+            n_lags=args.lags, n_steps=args.n_steps, noise_scale=args.noise_scale,
+            seed=args.seed,
         )
     return with_noise(data, args.noise, args.seed)
 
@@ -105,12 +115,13 @@ def _config(args) -> dict:
     return {"n_hidden": args.hidden, "transition": args.transition, "prior": args.prior,
             "flow_base": args.flow_base, "target_probability": args.target_probability,
             "log_scale_shift_scale": args.log_scale_shift_scale,
-            "shift_scale": args.shift_scale}
+            "shift_scale": args.shift_scale, "noise_modulation": args.noise_modulation}
 
 
 def _fit(model, args):
     model.fit(max_steps=args.steps, batch_size=args.batch_size, seed=args.fit_seed,
-              learning_rate=args.lr, schedule=args.schedule, progress=False)
+              learning_rate=args.lr, schedule=args.schedule,
+              log_scale_shift_rate=args.log_scale_shift_rate, progress=False)
 
 
 def _r2(z, z_hat) -> dict:
@@ -120,12 +131,16 @@ def _r2(z, z_hat) -> dict:
             "r2_kernel": float(r2_kernel_ridge(z, z_hat, seed=0))}
 
 
-def run(args, shuffle: bool) -> dict:
+def run(args, labels: str = "true") -> dict:
+    """One fit; ``labels``: "true", "shuffled" (a random permutation of the units' domain
+    labels) or "stationary" (one domain for all units: the domains cannot act)."""
     data = make_data(args)
     d = data.n_latent
     u = data.u
-    if shuffle:
+    if labels == "shuffled":
         u = u[np.random.default_rng(args.seed + 1).permutation(len(u))]
+    elif labels == "stationary":
+        u = np.zeros_like(u)
     model = cz.DynamicalCausalVAE.from_arrays(
         x=data.x / data.x.std(), u=u, n_latent=d, n_lags=data.n_lags, **_config(args),
     )
@@ -140,7 +155,7 @@ def run(args, shuffle: bool) -> dict:
                 method="spearman")
     graph = graph_metrics(data.graph, model.lag_graph(), matching, threshold=0.5)
     return {
-        "labels": "shuffled" if shuffle else "true",
+        "labels": labels,
         "mcc": score,
         "mcc_after_history": later,
         "floor_rotation": entangled_floor(data.z.reshape(-1, d), method="spearman",
@@ -190,6 +205,66 @@ def run_snapshot(args) -> dict:
     }
 
 
+def _prior_fit(config, x, z, u, n_domains, steps: int, seed: int) -> tuple[float, np.ndarray]:
+    """Fit only the model's transition prior to *given* latents ``z`` (the encoder replaced
+    by an oracle): SVI on ``dynamical_model`` with ``z`` observed, the observation site
+    hidden, and every lagged edge and domain target switched on (the most flexible member
+    of the family; the shifts get a mean-field normal guide). Returns the final negative
+    ELBO per unit (lower: the prior family explains ``z`` better) and the spread over
+    domains of the fitted log noise-scale shifts (per latent)."""
+    import numpyro
+    from numpyro import handlers
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoNormal
+
+    from causalzoo.models.dynamical import dynamical_model
+
+    k, lags = config.n_latent, config.n_lags
+    fixed = {"z": z, "lag_graph": jnp.ones((k, lags, k)), "target": jnp.ones((n_domains, k))}
+
+    def model(x, u):
+        conditioned = handlers.condition(dynamical_model, fixed)
+        return handlers.block(conditioned, hide=["x"])(x, u, n_domains=n_domains,
+                                                        config=config)
+
+    guide = AutoNormal(model)
+    svi = SVI(model, guide, numpyro.optim.Adam(1e-2), Trace_ELBO())
+    result = svi.run(jax.random.key(seed), steps, x, u, progress_bar=False)
+    loss = float(np.mean(result.losses[-200:])) / len(u)
+    log_scale = np.asarray(result.params["log_scale_shift_auto_loc"])
+    return loss, log_scale.std(0)
+
+
+def run_oracle(args) -> list[dict]:
+    """Does the model's prior family prefer the true latents? The transition prior is
+    fitted (``--steps`` full-batch steps) to the true latents and to two random rotations of
+    them (the entangled alternatives), with the true and with shuffled labels. If a rotation
+    fits as well as the truth, no encoder can be pushed to the truth by the ELBO; if the
+    shuffled labels fit as well, the domains carry no signal the prior can use."""
+    data = make_data(args)
+    d = data.n_latent
+    config = DynamicalConfig(n_latent=d, n_lags=data.n_lags,
+                             **_config(args))
+    x = jnp.asarray(data.x / data.x.std())
+    rng = np.random.default_rng(args.seed)
+    u = jnp.asarray(data.u, jnp.int32)
+    shuffled = jnp.asarray(data.u[rng.permutation(len(data.u))], jnp.int32)
+    rotations = [np.eye(d)] + [np.linalg.qr(rng.normal(size=(d, d)))[0] for _ in range(2)]
+    rows = []
+    for r, rot in enumerate(rotations):
+        z = jnp.asarray(data.z @ rot, jnp.float32)
+        for labels, codes in (("true", u), ("shuffled", shuffled)):
+            loss, spread = _prior_fit(config, x, z, codes, args.domains, args.steps,
+                                      args.fit_seed)
+            rows.append({"latents": "truth" if r == 0 else f"rotation {r}", "labels": labels,
+                         "neg_elbo_per_unit": loss,
+                         "log_scale_spread": " ".join(f"{v:.2f}" for v in spread)})
+    true_spread = np.log(data.noise_scale).std(0)
+    print("true log noise-sd spread over domains: "
+          + " ".join(f"{v:.2f}" for v in true_spread))
+    return rows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latents", type=int, default=3)
@@ -203,6 +278,10 @@ def main(argv=None):
     parser.add_argument("--schedule", default="constant", choices=["constant", "cosine"],
                         help="learning-rate schedule of DynamicalCausalVAE.fit")
     parser.add_argument("--fit-seed", type=int, default=0, help="seed of the fit")
+    parser.add_argument("--log-scale-shift-rate", default="network",
+                        choices=["network", "global"],
+                        help="learning rate of the domains' log noise-scale shift factors "
+                        "(DynamicalCausalVAE.fit)")
     parser.add_argument("--target-probability", type=float, default=0.5,
                         help="prior probability that a domain targets a latent")
     parser.add_argument("--shift-scale", type=float, default=1.0,
@@ -210,6 +289,14 @@ def main(argv=None):
                         "modulation, as LEAP's generator)")
     parser.add_argument("--log-scale-shift-scale", type=float, default=1.0,
                         help="prior scale of the domains' log noise-scale shifts")
+    parser.add_argument("--noise-modulation", default="targets", choices=["targets", "all"],
+                        help="which latents' noise scales a domain changes (model option)")
+    parser.add_argument("--noise-scale", type=float, default=0.1,
+                        help="the generator's transition noise scale (LEAP: the noise sd of a "
+                        "domain and latent is noise_scale * U(0, 1))")
+    parser.add_argument("--control", default="shuffled", choices=["shuffled", "stationary"],
+                        help="the negative control: shuffled domain labels, or one domain "
+                        "for all units")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--transition", default="linear", choices=["linear", "mlp"])
     parser.add_argument("--prior", default="gaussian", choices=["gaussian", "flow"],
@@ -224,12 +311,18 @@ def main(argv=None):
     parser.add_argument("--snapshot", action="store_true",
                         help="snapshot mode (one random step per unit) beside sequence mode, "
                         "instead of the shuffled control")
+    parser.add_argument("--oracle", action="store_true",
+                        help="fit only the transition prior to the true latents and to "
+                        "random rotations of them (true and shuffled labels): does the "
+                        "model's prior family prefer the truth?")
     args = parser.parse_args(argv)
     print(f"device: {jax.devices()[0].platform}; {vars(args)}")
-    if args.snapshot:
-        rows = [run(args, False), run_snapshot(args)]
+    if args.oracle:
+        rows = run_oracle(args)
+    elif args.snapshot:
+        rows = [run(args), run_snapshot(args)]
     else:
-        rows = [run(args, False)] + ([] if args.no_control else [run(args, True)])
+        rows = [run(args)] + ([] if args.no_control else [run(args, args.control)])
     keys = list(rows[0])
     print(" | ".join(keys))
     for row in rows:

@@ -121,10 +121,20 @@ class SnapshotRegistry:
             raw = (times - self.time_origin) / self.time_step
             steps = np.rint(raw).astype(np.int64)
             off = ~np.isclose(raw, steps, atol=1e-6) | (steps < 0)
-            if not extrapolate:
-                off |= steps >= self.n_times
             fix = (f"time points are {self.time_origin:g} + k * {self.time_step:g} for integers "
                    "k >= 0")
+            past = ~off & (steps >= self.n_times)
+            if not extrapolate and past.any():
+                # On the grid, but after the last training time: only predict() extrapolates.
+                bad = times[np.flatnonzero(past)[0]]
+                last = self.time_values[-1]
+                raise CausalZooError(
+                    f"Time point {bad:g} is on the time grid ({fix}) but after the last "
+                    f"training time point {last:g}: cells can only be embedded or scored at "
+                    f"the training time points {self._grid_text()}. To predict the population "
+                    f"at {bad:g}, use predict(perturbation, time={bad:g}), which extrapolates "
+                    "the learned dynamics."
+                )
         if off.any():
             bad = times[np.flatnonzero(off)[0]]
             raise CausalZooError(
@@ -636,6 +646,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         return (
             f"DynamicalCausalVAE(snapshot, n_latent={c.n_latent}, n_latent_invariant="
             f"{c.n_latent_invariant}, n_lags={c.n_lags}, transition={c.transition!r}, "
-            f"likelihood={c.likelihood_block.name!r}, domains={self.n_domains}, "
-            f"times=[{times}], features={len(self.feature_names)}; {state})"
+            f"prior={c.prior!r}, likelihood={c.likelihood_block.name!r}, "
+            f"domains={self.n_domains}, times=[{times}], "
+            f"features={len(self.feature_names)}; {state})"
         )

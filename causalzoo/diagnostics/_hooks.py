@@ -280,6 +280,7 @@ def dynamical_snapshot_source(fitted, adata=None) -> PosteriorSource:
         snapshot_guide,
         snapshot_model,
     )
+    from ..models.dynamical import domain_shifts
 
     x, u, time, steps, cell_names = _snapshot_cells(fitted, adata)
     reg, config = fitted.registry, fitted.config
@@ -295,11 +296,13 @@ def dynamical_snapshot_source(fitted, adata=None) -> PosteriorSource:
     def derived(posterior):
         if not {"target", "mean_shift", "log_scale_shift"} <= set(posterior):
             return {}
-        acting = active * posterior["target"]
+        # the shifts the model applies (`noise_modulation` decides whether the targets gate
+        # the noise-scale shift), zero for the control domain
+        mean, log_scale = domain_shifts(config, posterior["target"], posterior["mean_shift"],
+                                        posterior["log_scale_shift"])
         return {
-            "domain_shift": (["domains", "latents"], acting * posterior["mean_shift"]),
-            "domain_log_scale_shift": (["domains", "latents"],
-                                       acting * posterior["log_scale_shift"]),
+            "domain_shift": (["domains", "latents"], active * np.asarray(mean)),
+            "domain_log_scale_shift": (["domains", "latents"], active * np.asarray(log_scale)),
         }
 
     loss = np.asarray(fitted.history.get("loss", np.zeros(0)), dtype=np.float64)

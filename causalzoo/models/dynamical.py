@@ -13,6 +13,7 @@ time-lagged latent causal variables, ``L`` lags and ``k_inv`` invariant latents:
         z_n,t   ~ Normal(0, I_k)                                          t < L
         z_n,t,i = f_i(G_i * z_n,{t-L..t-1}) + target_{u,i} mean_shift_{u,i}
                   + sigma_i exp(target_{u,i} log_scale_shift_{u,i}) eps   t >= L
+                  # noise_modulation="all": exp(log_scale_shift_{u,i}), ungated (LEAP)
         for each step t:                     # plates "units" x "steps"
             x_n,t ~ p(x | g(z_inv,n, z_n,t))  # Gaussian (default), NB, ZINB or Poisson
 
@@ -96,6 +97,7 @@ __all__ = [
     "DynamicalConfig",
     "FlowLaggedTransition",
     "LaggedTransition",
+    "domain_shifts",
     "dynamical_guide",
     "dynamical_model",
     "global_guide",
@@ -103,6 +105,7 @@ __all__ = [
 
 NETWORK_NAMES = ("decoder", "encoder", "encoder_invariant", "transition")
 TRANSITIONS = ("mlp", "linear")
+NOISE_MODULATIONS = ("targets", "all")
 
 
 def _logit(p: float) -> float:
@@ -141,6 +144,12 @@ class DynamicalConfig:
         Prior probability that a domain changes the mechanism of a variable.
     shift_scale, log_scale_shift_scale : float
         Prior scales of the domain mean shifts and log noise-scale shifts.
+    noise_modulation : {"targets", "all"}
+        Which latents' noise scales a domain changes: ``"targets"`` (default) only its
+        targets' (``target * log_scale_shift``, like the mean shift); ``"all"`` every
+        latent's (``log_scale_shift`` ungated, LEAP's non-stationary noise model, in which
+        the noise of every variable may change across domains), the targets then gating the
+        mean shifts only.
     modulate_history : bool
         Let the domain's mean and log-scale shifts act on the first ``n_lags`` steps too
         (default: those steps are N(0, I), as in LEAP and TDRL).
@@ -166,6 +175,7 @@ class DynamicalConfig:
     target_probability: float = 0.5
     shift_scale: float = 1.0
     log_scale_shift_scale: float = 1.0
+    noise_modulation: str = "targets"
     modulate_history: bool = False
     activation: str = "leaky_relu"
     networks: Mapping[str, Callable] | None = field(default=None, compare=False)
@@ -196,6 +206,12 @@ class DynamicalConfig:
             raise CausalZooError(
                 f"prior={self.prior!r}: use one of {list(PRIORS)} ('gaussian': conditional "
                 "Gaussian transitions; 'flow': learned inverse transition with its Jacobian)."
+            )
+        if self.noise_modulation not in NOISE_MODULATIONS:
+            raise CausalZooError(
+                f"noise_modulation={self.noise_modulation!r}: use one of "
+                f"{list(NOISE_MODULATIONS)} ('targets': a domain changes the noise scale of "
+                "its targets only; 'all': of every latent)."
             )
         if self.flow_base not in FLOW_BASES:
             raise CausalZooError(
@@ -364,6 +380,25 @@ def global_sites(n_domains: int, config: DynamicalConfig):
     return lag_graph, target, mean_shift, log_scale_shift
 
 
+def domain_shifts(config: DynamicalConfig, target, mean_shift, log_scale_shift):
+    """The shifts that act, per domain and latent: ``(mean, log noise scale)``.
+
+    The mean shift is gated by the target indicator; the log noise-scale shift too under
+    ``noise_modulation="targets"``, and not under ``"all"``.
+
+    Examples
+    --------
+    >>> cfg = DynamicalConfig(noise_modulation="all")
+    >>> mean, log_scale = domain_shifts(cfg, jnp.zeros((1, 2)), jnp.ones((1, 2)),
+    ...                                 jnp.ones((1, 2)))
+    >>> mean.tolist(), log_scale.tolist()
+    ([[0.0, 0.0]], [[1.0, 1.0]])
+    """
+    gated_log_scale = (log_scale_shift if config.noise_modulation == "all"
+                       else target * log_scale_shift)
+    return target * mean_shift, gated_log_scale
+
+
 def dynamical_model(
     x=None,
     u=None,
@@ -419,8 +454,8 @@ def dynamical_model(
                      library_shape="(units, steps)")
     )
 
-    shift = (target * mean_shift)[u]
-    domain_log_scale = (target * log_scale_shift)[u]
+    shift, domain_log_scale = domain_shifts(config, target, mean_shift, log_scale_shift)
+    shift, domain_log_scale = shift[u], domain_log_scale[u]
     z_inv = None
     with _scaled(n_batch, n_units or n_cells):
         with numpyro.plate("units", n_batch, dim=-1):

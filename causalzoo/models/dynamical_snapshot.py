@@ -76,6 +76,7 @@ from .dynamical import (
     DynamicalConfig,
     _gaussian_encoder,
     _scaled,
+    domain_shifts,
     encoder_input,
     global_guide,
     model_blocks,
@@ -354,9 +355,10 @@ def snapshot_model(
     )
 
     active = domain_activity(n_domains, control_domain)
-    domain_log_scale = active * target * log_scale_shift
+    domain_mean, domain_log_scale = domain_shifts(config, target, mean_shift, log_scale_shift)
+    domain_mean, domain_log_scale = active * domain_mean, active * domain_log_scale
     domain_args = (
-        active * target * mean_shift, jnp.exp(log_sigma + domain_log_scale),
+        domain_mean, jnp.exp(log_sigma + domain_log_scale),
         jnp.exp(domain_log_scale) if config.modulate_history else jnp.ones_like(mean_shift),
     )
     noise = quadrature_noise(n_particles, n_path, k)

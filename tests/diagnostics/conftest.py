@@ -159,3 +159,9 @@ def sparse_nuts(fitted):
                        seed=0)
     assert model is fitted
     return fitted.nuts_result
+
+
+@pytest.fixture(scope="session")
+def time_course_factory():
+    """``make_time_course`` itself, for tests that fit their own snapshot model."""
+    return make_time_course

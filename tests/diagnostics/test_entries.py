@@ -271,3 +271,20 @@ def test_report_of_a_snapshot_fit(snapshot, snapshot_tree, tmp_path):
     assert "DynamicalCausalVAE(snapshot" in text and "## Variational diagnostics" in text
     dt = open_datatree(tmp_path / "out" / "posterior.nc")
     assert dt["posterior"].identical(snapshot_tree["posterior"])
+
+
+def test_snapshot_noise_scale_shifts_follow_noise_modulation(time_course_factory):
+    # With noise_modulation="all" every domain but the control shifts every latent's noise
+    # scale whatever its target says; the converter reports the shifts the model applies.
+    adata = time_course_factory(per=8)
+    cz.DynamicalCausalVAE.setup_anndata(adata, time_key="hours", perturbation_key="pert",
+                                        control="A")
+    model = cz.DynamicalCausalVAE(adata, n_latent=2, n_latent_invariant=1, n_hidden=8,
+                                  n_layers=1, transition="linear", noise_modulation="all")
+    model.fit(max_steps=5, batch_size=48, progress=False, seed=0)
+    post = model.to_datatree(num_samples=4, seed=0,
+                             posterior_predictive=False)["posterior"].to_dataset()
+    assert (post["domain_log_scale_shift"].sel(domains="A") == 0).all()
+    np.testing.assert_array_equal(post["domain_log_scale_shift"].sel(domains="B"),
+                                  post["log_scale_shift"].sel(domains="B"))
+    assert (post["log_scale_shift"].sel(domains="B") != 0).any()

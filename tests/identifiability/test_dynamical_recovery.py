@@ -29,8 +29,27 @@ shifts (``shift_scale=0.01``) the shuffled-label control scores as high as the t
 (seed 1: 0.928 vs 0.895), so that control does not isolate the domains' contribution.
 No setting tried (cosine schedule, MLP mechanisms, variance-only shifts, targets kept on,
 10000 steps) was above the floor on seeds 0, 1 and 2 together.
-Remove the skip once the benchmark shows a margin on several seeds; the thresholds below are
-the claim, not to be loosened.
+
+Second investigation (2026-12-05, docs/models/dynamical.md "Second investigation"): the log
+noise-scale shift factors train at the slow network rate by default;
+``fit(log_scale_shift_rate="global")`` gives seeds 0 / 1 / 2 0.864 / 0.630 / 0.545 with this
+test's settings (floors 0.749 / 0.721 / 0.713), and ``noise_modulation="all"`` (LEAP's
+ungated noise model) is available. The MLP numbers below use both. The cause of the
+failures: with ``transition="linear"`` the model's prior family does not prefer the true
+latents at all. Fitted to the *true* latents (oracle encoder), a random rotation of them fits
+better (seed 1: 10.20 vs 9.75 nats per unit; seed 2: 11.00 vs 9.90) and the true labels add
+0.02-0.05 nats over shuffled ones, so this test's model cannot show domain-driven recovery
+at any length. With MLP mechanisms the truth is preferred (25.55 vs 22.2-23.1) and the
+labels add 4.6 nats, but the VAE with ``transition="mlp", noise_modulation="all",
+shift_scale=0.01`` reaches the floor on 2 of 5 seeds only (0.718 / 0.925 / 0.524 / 0.780 /
+0.682 on seeds 0-4) and its stationary fit (one domain) scores as high (seed 1: 0.947; with
+10000 steps seed 1 0.960 vs stationary 0.958, seed 0 0.742 vs stationary 0.862).
+
+When un-skipping: use a model whose prior prefers the truth (MLP mechanisms), and replace the
+shuffled control by the honest pair for the claim "the domain-varying noise identifies the
+latents": true labels clearly above the floor *and* above the stationary fit (one domain for
+all units), and a fit without dynamics or domains that falls to the floor. The thresholds
+below are the claim, not to be loosened.
 """
 
 import numpy as np

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -45,6 +46,9 @@ def test_from_arrays_vocabulary_and_repr():
     np.testing.assert_array_equal(m.u, (u == "drug").astype(np.int32))
     assert (m.n_steps, m.n_features) == (T, G)
     assert "not fitted" in repr(m) and "domains=2" in repr(m)
+    assert "prior='gaussian'" in repr(m)
+    flow = cz.DynamicalCausalVAE.from_arrays(x=x, u=u, prior="flow", **SMALL)
+    assert "prior='flow'" in repr(flow)
     m = cz.DynamicalCausalVAE.from_arrays(x=x, u=np.arange(N) % 3, **SMALL)
     assert m.domain_names == ["0", "1", "2"]
     m = cz.DynamicalCausalVAE.from_arrays(x=x, **SMALL)  # a single domain
@@ -159,3 +163,44 @@ def test_fit_checkpoints_and_resumes_through_the_engine(tmp_path):
     leaves = jax.tree_util.tree_leaves_with_path(full.params)
     for (path, a), b in zip(leaves, jax.tree_util.tree_leaves(resumed.params), strict=True):
         np.testing.assert_array_equal(np.asarray(b), np.asarray(a), err_msg=str(path))
+
+
+def test_domain_noise_scale_shifts_train_at_the_global_rate():
+    """global_params_adam puts the log noise-scale shift factors with the global factors
+    (two_speed_adam gives them the network rate because their names start with "log_"):
+    Adam's first step moves each parameter by its group's rate."""
+    from causalzoo.api.dynamical import global_params_adam
+
+    names = ["log_scale_shift_loc", "log_scale_shift_log_scale", "mean_shift_loc",
+             "target_logits", "transition_weights", "log_transition_scale",
+             "log_noise_scale", "decoder$params"]
+    params = {n: jnp.zeros(2) for n in names}
+    opt = global_params_adam(1e-3, 1e-1)
+    updates, _ = opt.update({n: jnp.ones(2) for n in names}, opt.init(params), params)
+    rate = {n: float(-updates[n][0]) for n in names}
+    for n in names[:5]:
+        assert rate[n] == pytest.approx(1e-1, rel=1e-3), n
+    for n in names[5:]:
+        assert rate[n] == pytest.approx(1e-3, rel=1e-3), n
+    # the default grouping of fit (two_speed_adam's): log-scale shifts on the network rate
+    opt = global_params_adam(1e-3, 1e-1, log_scale_shift_rate="network")
+    updates, _ = opt.update({n: jnp.ones(2) for n in names}, opt.init(params), params)
+    assert float(-updates["log_scale_shift_loc"][0]) == pytest.approx(1e-3, rel=1e-3)
+    assert float(-updates["mean_shift_loc"][0]) == pytest.approx(1e-1, rel=1e-3)
+    with pytest.raises(CausalZooError, match="log_scale_shift_rate='fast'"):
+        global_params_adam(1e-3, 1e-1, log_scale_shift_rate="fast")
+
+
+def test_fit_log_scale_shift_rate_moves_the_shifts_and_is_recorded():
+    """With the global rate the log noise-scale shift factors move about ten times further
+    in a few steps; the setting is recorded (and only when it is not the default)."""
+    x, u = make_sequences()
+    moved = {}
+    for rate in ("network", "global"):
+        m = cz.DynamicalCausalVAE.from_arrays(x=x, u=u, **SMALL)
+        m.fit(max_steps=20, batch_size=32, learning_rate=1e-3, progress=False,
+              log_scale_shift_rate=rate)
+        moved[rate] = float(np.abs(np.asarray(m.params["log_scale_shift_log_scale"]) + 2.0)
+                            .max())
+        assert ("log_scale_shift_rate" in m.fit_info) == (rate == "global")
+    assert moved["global"] > 5 * moved["network"], moved

@@ -22,6 +22,7 @@ from causalzoo.models.dynamical import (
     DynamicalConfig,
     FlowLaggedTransition,
     LaggedTransition,
+    domain_shifts,
     dynamical_guide,
     dynamical_model,
     global_guide,
@@ -216,6 +217,56 @@ def test_do_target_switches_domain_shifts():
     np.testing.assert_allclose(z1[:, 0, :].mean(0), 0.0, atol=0.1)
 
 
+def _scale_model(noise_modulation):
+    """A model without dynamics whose domain 1 shifts every latent's log noise scale by
+    log 3 and its mean by 4, with targets switched off (do)."""
+    config = DynamicalConfig(n_latent=K, n_lags=1, n_hidden=8, n_layers=1,
+                             transition="linear", noise_modulation=noise_modulation)
+    model = handlers.do(
+        handlers.substitute(
+            handlers.condition(dynamical_model, {
+                "mean_shift": jnp.full((D, K), 4.0),
+                "log_scale_shift": jnp.zeros((D, K)).at[1].set(jnp.log(3.0)),
+            }),
+            {"log_transition_scale": jnp.zeros(K)},
+        ),
+        {"lag_graph": jnp.zeros((K, 1, K)), "target": jnp.zeros((D, K))},
+    )
+    return model, config
+
+
+@pytest.mark.parametrize("noise_modulation", ["targets", "all"])
+def test_noise_modulation_gates_the_noise_scale_shift(noise_modulation):
+    """With targets off, "targets" leaves both shifts off; "all" (LEAP's noise model) still
+    scales the noise of domain 1 by 3, and never moves the mean."""
+    model, config = _scale_model(noise_modulation)
+    u1 = jnp.ones(N_DRAWS, jnp.int32)
+    z = np.asarray(seeded_trace(model, u=u1, config=config, **SIZES)["z"]["value"])
+    later = z[:, 1:, :]
+    expected = 3.0 if noise_modulation == "all" else 1.0
+    np.testing.assert_allclose(later.std((0, 1)), expected, rtol=0.05)
+    np.testing.assert_allclose(later.mean((0, 1)), 0.0, atol=0.1 * expected)
+    np.testing.assert_allclose(z[:, 0, :].std(0), 1.0, rtol=0.1)  # history unmodulated
+    # and the log-density the ELBO uses agrees with the sampler's law
+    tr = seeded_trace(model, u=u1[:N], config=config, **SIZES)
+    path = tr["z"]["value"]
+    expected_lp = (norm.logpdf(np.asarray(path[:, 0])).sum(-1)
+                   + norm.logpdf(np.asarray(path[:, 1:]), scale=expected).sum((-1, -2)))
+    np.testing.assert_allclose(np.asarray(tr["z"]["fn"].log_prob(path)), expected_lp,
+                               rtol=1e-5)
+
+
+def test_domain_shifts_helper():
+    target = jnp.array([[1.0, 0.0]])
+    mean, log_scale = domain_shifts(DynamicalConfig(), target, jnp.full((1, 2), 2.0),
+                                    jnp.full((1, 2), 0.5))
+    np.testing.assert_array_equal(mean, [[2.0, 0.0]])
+    np.testing.assert_array_equal(log_scale, [[0.5, 0.0]])
+    _, log_scale = domain_shifts(DynamicalConfig(noise_modulation="all"), target,
+                                 jnp.full((1, 2), 2.0), jnp.full((1, 2), 0.5))
+    np.testing.assert_array_equal(log_scale, [[0.5, 0.5]])
+
+
 def test_condition_z_scores_the_path(prior_trace):
     z = jnp.asarray(np.random.default_rng(2).normal(size=(N, T, K)), jnp.float32)
     model = handlers.condition(dynamical_model, {"z": z})
@@ -280,6 +331,7 @@ def test_registered_spec():
         (dict(transition="flow"), "transition"),
         (dict(prior="nope"), "prior='nope'"),
         (dict(flow_base="cauchy"), "flow_base='cauchy'"),
+        (dict(noise_modulation="some"), "noise_modulation='some'"),
         (dict(likelihood="bernoulli"), "likelihood"),
         (dict(networks={"dekoder": None}), "dekoder"),
     ],
@@ -295,6 +347,9 @@ def test_config_round_trip():
     # a configuration saved before the flow prior existed loads with the Gaussian prior
     old = {k: v for k, v in CFG.to_dict().items() if k not in ("prior", "flow_base")}
     assert DynamicalConfig.from_dict(old).prior == "gaussian"
+    # ... and one saved before noise_modulation existed keeps the gated noise shifts
+    old = {k: v for k, v in CFG.to_dict().items() if k != "noise_modulation"}
+    assert DynamicalConfig.from_dict(old).noise_modulation == "targets"
     with pytest.raises(CausalZooError, match="unknown fields"):
         DynamicalConfig.from_dict({**CFG.to_dict(), "bogus": 1})
 

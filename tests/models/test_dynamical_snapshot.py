@@ -126,12 +126,23 @@ def test_setup_registry_and_time_grid():
     np.testing.assert_array_equal(m.time_index, obs["hours"].to_numpy() // 24)
     np.testing.assert_array_equal(m.u, (obs["pert"] == "B").to_numpy())
     assert m.control_domain == 0 and "snapshot" in repr(m) and "not fitted" in repr(m)
+    assert "prior='gaussian'" in repr(m)
+    assert "prior='flow'" in repr(cz.DynamicalCausalVAE(a, prior="flow", **SMALL))
     reg = cz.DynamicalCausalVAE.setup_anndata(a, time_key="hours", time_step=12)
     assert reg.time_values == [0.0, 12.0, 24.0, 36.0, 48.0] and reg.domain_names == ["all"]
     np.testing.assert_array_equal(reg.steps_of(np.array([0, 24, 96]), extrapolate=True),
                                   [0, 2, 8])
-    with pytest.raises(CausalZooError, match="not on the model's time grid"):
+    # 96 is on the grid (0 + 8 * 12) but after the last training time: the message must say
+    # so and point to predict(), not claim that 96 is off the grid.
+    with pytest.raises(CausalZooError, match="on the time grid") as err:
         reg.steps_of(np.array([96.0]))
+    message = str(err.value)
+    assert "after the last training time point 48" in message
+    assert "predict(perturbation, time=96)" in message and "not on the" not in message
+    with pytest.raises(CausalZooError, match="not on the model's time grid"):
+        reg.steps_of(np.array([30.0]))  # off the grid: no k with 0 + k * 12 = 30
+    with pytest.raises(CausalZooError, match="not on the model's time grid"):
+        reg.steps_of(np.array([-12.0]), extrapolate=True)  # before the origin
 
 
 # ---------------------------------------------------------------- the NumPyro program
@@ -199,6 +210,25 @@ def test_control_domain_has_no_shift():
     assert abs(float(population[1, :, 1].mean()) - 3.0) < 0.5  # the other domain: shifted
     weights = tr["z"]["fn"].mixing_distribution.probs  # one mixture per cell
     assert weights.shape == (2, 32)
+
+
+@pytest.mark.parametrize("noise_modulation", ["targets", "all"])
+def test_noise_modulation_in_snapshot_mode(noise_modulation):
+    """Targets off: under "targets" no domain changes anything; under "all" the non-control
+    domain's noise scale is still multiplied by e^1 (the control keeps the base one)."""
+    config = DynamicalConfig(n_latent=2, n_hidden=8, n_layers=1,
+                             noise_modulation=noise_modulation)
+    draws = {"target": jnp.zeros((2, 2)), "mean_shift": jnp.full((2, 2), 3.0),
+             "log_scale_shift": jnp.ones((2, 2)), "lag_graph": jnp.zeros((2, 1, 2))}
+    tr = handlers.trace(handlers.condition(handlers.seed(snapshot_model, 0), draws)).get_trace(
+        u=jnp.array([0, 1]), time_index=jnp.array([1, 1]), n_features=G,
+        **{**KW, "config": config, "n_particles": 256},
+    )
+    population = np.asarray(tr["population"]["value"])  # no parents: step 1 is the noise
+    sd_control, sd_other = population[0, :, 1].std(0), population[1, :, 1].std(0)
+    ratio = np.e if noise_modulation == "all" else 1.0
+    np.testing.assert_allclose(sd_other / sd_control, ratio, rtol=0.02)
+    np.testing.assert_allclose(population[1, :, 1].mean(0), 0.0, atol=0.3)  # mean: gated
 
 
 def test_do_on_the_shift_moves_the_population():
