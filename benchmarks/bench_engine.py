@@ -47,6 +47,19 @@ analytic KL terms where registered, as of 2026-11-23):
     without LayerNorm, and with a Poisson term instead of the NB one (what a step costs
     without the NB log-density).
 
+``--sparse-vs-vae`` (each ``--batch``; runs only this table after the GEMM rates)
+    What the sparse perturbation model's step costs over the plain VAE's, all compiled in
+    this process and timed interleaved like the components (``--component-rounds`` windows of
+    ``--steps``, default 40, steps each; order rotated every round): the engine's step (as in
+    ``--components``) on the plain VAE and on the sparse model as ``bench_peers.py`` fits it
+    (5 + 5 latents, ``two_speed_adam(1e-3, 1e-2)``), the sparse model in the SAMS-VAE
+    configuration (no SCM weights ``W``, ``B``), with one-rate Adam, and with its guide's two
+    first encoder layers computed as one matrix product (``fused_sparse_guide``, a
+    benchmark-only copy of the guide: same parameters, same sums in another order). Each row
+    also gives XLA's FLOP count of one step per cell (``cost_analysis`` of the lowered call)
+    and the FLOP-proportional ratio, the ratio to the VAE that the extra arithmetic alone
+    predicts. Read ``cells/CPU-s`` and the paired ratio: the machine is shared.
+
 How steady state is timed: **several compiled calls after a warm-up**, not an N-vs-2N
 difference. For the engine, the script stands a clock in for the progress bar of
 ``causalzoo.inference.svi`` (``tqdm`` is replaced for the duration of the call), which
@@ -154,6 +167,8 @@ def parse_args(argv=None):
     p.add_argument("--component-rounds", type=int, default=5, help="rounds of the interleaved components")
     p.add_argument("--components-only", action="store_true",
                    help="run only the components table (no engine/ref-a/ref-b rows)")
+    p.add_argument("--sparse-vs-vae", action="store_true",
+                   help="only the interleaved sparse-model vs plain-VAE step table (each --batch)")
     p.add_argument("--no-vae", action="store_true", help="skip reference (b), the plain VAE")
     p.add_argument("--mallopt", action="store_true", help="tuned glibc allocator (see docstring)")
     p.add_argument("--seed", type=int, default=0)
@@ -541,6 +556,134 @@ def run_components(data, cfg, batch, steps, rounds, seed):
     return out
 
 
+def fused_sparse_guide(x=None, design=None, covariates=None, library_size=None, *, n_cells=None,
+                       n_genes=None, config=None, x_control=None):
+    """``sparse_perturbation_guide`` with its two encoders' first layers as one product.
+
+    ``log1p(x) @ [K_inv | K_resp[:genes]] + design @ K_resp[genes:]``: the same parameters
+    (sites, shapes, initial values) and the same sums as the package's guide in another order,
+    without the ``[log1p(x), design]`` copy. Benchmark only (default MLP encoders, no
+    covariates, no alignment): it measures whether fusing the encoders pays.
+    """
+    from flax import nnx
+    from numpyro.contrib.module import nnx_module
+
+    from causalzoo.blocks.nn import network_rngs
+    from causalzoo.models.sparse_perturbation import global_guide
+
+    global_guide(design.shape[-1], config=config)
+    h = encoder_input(x, config.likelihood_block)
+    n_genes = h.shape[-1]
+    nets = []
+    for name, n_in, k in (("encoder_invariant", n_genes, config.n_latent_invariant),
+                          ("encoder_response", n_genes + design.shape[-1], config.n_latent_response)):
+        module = config.network(name)(n_in, 2 * k, rngs=network_rngs())
+        params = nnx_module(name, module).args[0]  # nnx_module returns partial(apply, params)
+        graph, state = nnx.split(module, nnx.Param)
+        nnx.replace_by_pure_dict(state, params)
+        nets.append(nnx.merge(graph, state))
+    inv, resp = nets
+    width = inv.hidden[0].kernel.shape[-1]
+    both = h @ jnp.concatenate([inv.hidden[0].kernel[...], resp.hidden[0].kernel[...][:n_genes]], -1)
+    firsts = (both[:, :width] + inv.hidden[0].bias[...],
+              both[:, width:] + design @ resp.hidden[0].kernel[...][n_genes:] + resp.hidden[0].bias[...])
+    outs = []
+    for net, v in zip(nets, firsts):
+        for i in range(len(net.hidden)):
+            v = net.hidden[i](v) if i else v
+            v = net.activation(net.norms[i](v))
+        loc, raw = jnp.split(net.out(v), 2, axis=-1)
+        outs.append((loc, jax.nn.softplus(raw) + 1e-4))
+    with cells_plate(x.shape[0], n_cells):
+        numpyro.sample("z_inv", dist.Normal(*outs[0]).to_event(1))
+        numpyro.sample("z_resp", dist.Normal(*outs[1]).to_event(1))
+
+
+def _step_call(model, guide, optimizer, static, data, batch, steps, options):
+    """The engine's per-call function (``SVI.update`` under ``lax.cond`` in a ``lax.scan``,
+    minibatches gathered on the device) for any model taking these data arrays."""
+    from jax import lax
+
+    n_cells = data["x"].shape[0]
+    svi = SVI(model, guide, optimizer, AlignedELBO(0.0), n_cells=n_cells, **static)
+    first = {k: v[:batch] for k, v in data.items()}
+    state = jax.jit(lambda k: svi.init(k, **first))(jax.random.key(0))
+
+    def run(state, key, data):
+        idx, _ = _plan(n_cells, batch, steps, key)
+
+        def body(state, inputs):
+            i, rows = inputs
+            return lax.cond(i < steps, lambda s: svi.update(s, **{k: v[rows] for k, v in data.items()}),
+                            lambda s: (s, jnp.float32(jnp.nan)), state)
+
+        return lax.scan(body, state, (jnp.arange(steps), idx))
+
+    # XLA counts the scan's body once: the FLOPs of one step (its skip branch is free).
+    flops = jax.jit(run).lower(state, jax.random.key(0), data).cost_analysis()
+    flops = (flops[0] if isinstance(flops, list) else flops or {}).get("flops", float("nan"))
+    return jax.jit(run, compiler_options=options), state, flops / batch
+
+
+def run_sparse_vs_vae(data, cfg, batch, steps, rounds, seed):
+    """The engine's step on the plain VAE and on the sparse model (and variants), compiled in
+    this process and timed interleaved; cells per CPU-second and XLA's FLOPs per cell."""
+    options = svi_mod._compiler_options(None)
+    vae_data = {k: jnp.asarray(data[k]) for k in ("x", "library_size")}
+    sp_data = {k: jnp.asarray(data[k]) for k in ("x", "design", "library_size")}
+    sp_static = {"config": cfg, "n_genes": data["x"].shape[1]}
+    sams = dict(sp_static, config=SparsePerturbationConfig.sams_vae(
+        n_latent_invariant=cfg.n_latent_invariant, n_latent_response=cfg.n_latent_response,
+        n_hidden=cfg.n_hidden, n_layers=cfg.n_layers, likelihood=cfg.likelihood))
+    two_speed = svi_mod.two_speed_adam(LEARNING_RATE, 10 * LEARNING_RATE)
+    spm, spg = sparse_perturbation_model, sparse_perturbation_guide
+    variants = [
+        ("engine step, plain VAE",
+         (vae_model, vae_guide, optax.adam(LEARNING_RATE), {"config": cfg}, vae_data)),
+        ("engine step, sparse model", (spm, spg, two_speed, sp_static, sp_data)),
+        ("sparse, SAMS-VAE configuration", (spm, spg, two_speed, sams, sp_data)),
+        ("sparse, one-rate Adam", (spm, spg, optax.adam(LEARNING_RATE), sp_static, sp_data)),
+        ("sparse, fused first encoder layers", (spm, fused_sparse_guide, two_speed, sp_static, sp_data)),
+    ]
+    built = []
+    for name, (model, guide, opt, static, arrays) in variants:
+        t0 = time.perf_counter()
+        fn, state, flops = _step_call(model, guide, opt, static, arrays, batch, steps, options)
+        for _ in range(2):
+            state, losses = fn(state, jax.random.key(seed), arrays)
+            jax.block_until_ready(losses)
+        built.append([name, fn, state, arrays, time.perf_counter() - t0, flops])
+        print(f"# {name}: compile + 2 warm-up calls {built[-1][4]:.1f} s", flush=True)
+    cpus = {e[0]: [] for e in built}
+    walls = {e[0]: [] for e in built}
+    losses_at = {}
+    for r in range(rounds):
+        for j in range(len(built)):
+            entry = built[(j + r) % len(built)]
+            name, fn, state, arrays = entry[:4]
+            w0, c0 = time.perf_counter(), time.process_time()
+            entry[2], losses = fn(state, jax.random.key(seed + 1 + r), arrays)
+            jax.block_until_ready(losses)
+            walls[name].append(time.perf_counter() - w0)
+            cpus[name].append(time.process_time() - c0)
+            losses_at[name] = float(losses[-1]) / arrays["x"].shape[0]
+    first = built[0][0]
+    out = []
+    for name, *_, compile_s, flops in built:
+        rate = steps * batch / statistics.median(cpus[name])
+        out.append({
+            "variant": name, "cells_per_cpu_s": rate,
+            "ratio_to_vae": rate / (steps * batch / statistics.median(cpus[first])),
+            "paired_cpu_ratio_to_vae": statistics.median(
+                [cpus[first][i] / cpus[name][i] for i in range(rounds)]),
+            "cells_per_s": steps * batch / statistics.median(walls[name]),
+            "windows_cpu_s": cpus[name], "mflop_per_cell": flops / 1e6,
+            "flop_proportional_ratio": built[0][5] / flops, "compile_s": compile_s,
+            "loss_per_cell": losses_at[name],
+        })
+    return out
+
+
 def run_engine(name, model, guide, data, cfg, batch, repeats, steps_per_call, seed):
     n_cells = data["x"].shape[0]
     if steps_per_call is None:  # the engine's default, reproduced to size the run
@@ -739,6 +882,27 @@ def main(argv=None):
     gemm_peak = max(g["gflops"] for g in gemm)
     print("# fp32 GEMM (jitted jnp.matmul, best of 3): " + ", ".join(
         f"{g['shape']} {g['gflops']:.0f}" for g in gemm) + f" GFLOP/s; peak used {gemm_peak:.0f}")
+
+    if a.sparse_vs_vae:
+        steps, rows = a.steps or 40, []
+        for b in a.batch:
+            res = run_sparse_vs_vae(data, cfg, b, steps, a.component_rounds, a.seed)
+            print(f"\n# sparse model vs plain VAE, B={b}: compiled calls of {steps} steps, interleaved, "
+                  f"{a.component_rounds} rounds; engine options {svi_mod._compiler_options(None)}")
+            print_table(
+                ["variant", "cells/CPU-s", "vs VAE", "paired", "cells/s", "MFLOP/cell", "FLOP-prop.",
+                 "compile s", "loss/cell"],
+                [[r["variant"], f"{r['cells_per_cpu_s']:,.0f}", f"{r['ratio_to_vae']:.3f}",
+                  f"{r['paired_cpu_ratio_to_vae']:.3f}", f"{r['cells_per_s']:,.0f}",
+                  f"{r['mflop_per_cell']:.2f}", f"{r['flop_proportional_ratio']:.3f}",
+                  f"{r['compile_s']:.1f}", f"{r['loss_per_cell']:,.1f}"] for r in res])
+            rows += [dict(r, batch=b) for r in res]
+            print(f"# load average {os.getloadavg()[0]:.2f}", flush=True)
+        if a.json:
+            with open(a.json, "w") as fh:
+                json.dump({"meta": meta, "gemm": gemm, "sparse_vs_vae": rows}, fh, indent=2)
+            print(f"# wrote {a.json}")
+        return
 
     components = []
     if a.components or a.components_only:
