@@ -223,13 +223,13 @@ def emit(obj, worker):
     print(f"@@ {line}" if worker else line, flush=True)
 
 
-def run(args):
-    if args.variant == "pyro":
-        import pyro  # noqa: F401  (import time is not set-up time)
+def start_worker(args):
+    """After the imports: wait for the caller's go (as a worker), set torch's threads and
+    load the counts. Returns ``(x_np, t_start)``, or ``None`` when the caller said stop."""
     if args.worker:  # imports are done: let the caller start the set-ups one at a time
         emit({"event": "imported"}, True)
         if sys.stdin.readline().strip() != "setup":
-            return
+            return None
     if args.threads:
         torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -237,6 +237,16 @@ def run(args):
         x_np = np.load(os.path.join(args.data, "x.npy"))
     else:
         x_np = synthetic_counts(args.cells, args.genes, args.seed)
+    return x_np, t_start
+
+
+def run(args):
+    if args.variant == "pyro":
+        import pyro  # noqa: F401  (import time is not set-up time)
+    started = start_worker(args)
+    if started is None:
+        return
+    x_np, t_start = started
     x = torch.from_numpy(np.ascontiguousarray(x_np, dtype=np.float32))
     log_library = torch.log(x.sum(-1))
     n_cells = x.shape[0]
@@ -303,17 +313,10 @@ def run_scvi(args):
     import lightning.pytorch as pl
     import scvi
 
-    if args.worker:
-        emit({"event": "imported"}, True)
-        if sys.stdin.readline().strip() != "setup":
-            return
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    t_start = time.perf_counter()
-    if args.data:
-        x_np = np.load(os.path.join(args.data, "x.npy"))
-    else:
-        x_np = synthetic_counts(args.cells, args.genes, args.seed)
+    started = start_worker(args)
+    if started is None:
+        return
+    x_np, t_start = started
     scvi.settings.seed = args.seed
     adata = anndata.AnnData(np.ascontiguousarray(x_np, dtype=np.float32))
     del x_np
