@@ -20,6 +20,7 @@ __all__ = [
     "package_version",
     "record_fit",
     "register_user_class",
+    "restart_final_loss",
 ]
 
 _CLASSES: dict[str, Any] = {}
@@ -56,6 +57,15 @@ def record_fit(model: Any, result: Any, **settings: Any) -> None:
         "run_seconds": result.run_seconds,
     }
     model.params = result.params
+
+
+def restart_final_loss(losses) -> float:
+    """The final loss by which ``fit(restarts=R)`` ranks its fits: the mean of the last tenth
+    of the loss history (at most 500 steps, at least one); infinite when that tail holds a
+    non-finite value or the history is empty."""
+    losses = np.asarray(losses, np.float64)
+    tail = losses[-max(1, min(500, len(losses) // 10)):]
+    return float(tail.mean()) if tail.size and np.isfinite(tail).all() else np.inf
 
 
 def check_learning_rates(learning_rate, global_learning_rate=None) -> float:
@@ -157,6 +167,60 @@ class FittedState:
         )
         record_fit(self, result, batch_size=int(batch_size), seed=int(seed), **settings)
         return result
+
+    def _fit_restarts(
+        self, restarts, *, seed, checkpoint_dir=None, resume=False,
+        extra_state: tuple[str, ...] = (), **options: Any,
+    ):
+        """``fit(restarts=R)``: R fits from scratch with seeds ``seed, ..., seed + R - 1``,
+        keeping the one with the lowest final loss (:func:`restart_final_loss`: the mean
+        over its last tenth of steps, at most 500; ties go to the earlier seed).
+
+        Calls ``self.fit(seed=..., **options)`` once per seed on a cleared fit state and
+        keeps the chosen fit's ``params``, ``history`` and ``fit_info`` plus the attributes
+        named in ``extra_state`` (state a fit sets that belongs to its parameters, e.g. the
+        sparse model's ``reference``). ``fit_info`` gains ``restart_seeds`` and
+        ``restart_final_losses``. Refuses ``checkpoint_dir``/``resume`` and a model that is
+        already fitted, before any fit. A fit stopped by Ctrl-C ends the restarts: the fits
+        run so far are compared and ``fit_info["restarts_interrupted"]`` is set.
+        """
+        if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or (
+            restarts < 1
+        ):
+            raise CausalZooError(f"restarts must be a positive integer; got {restarts!r}.")
+        if checkpoint_dir is not None or resume:
+            raise CausalZooError(
+                "restarts > 1 fits several models from scratch and does not combine with "
+                "checkpoint_dir/resume; fit each seed with its own checkpoint_dir instead."
+            )
+        if self.is_fitted:
+            raise CausalZooError(
+                "restarts > 1 starts every fit from scratch, and this model is already "
+                "fitted; create a new model (or call fit without restarts to continue)."
+            )
+        names = ("params", "history", "fit_info", *extra_state)
+        fits = []
+        interrupted = False
+        for r in range(int(restarts)):
+            self._init_fit_state()
+            self.fit(seed=seed + r, **options)
+            final = restart_final_loss(self.history["loss"])
+            fits.append((final, r, {name: getattr(self, name) for name in names}))
+            if self.fit_info.get("stop_reason") == "interrupted":
+                # Ctrl-C stops the restarts too; the fits so far are compared as they stand
+                interrupted = True
+                break
+        _, _, chosen = min(fits, key=lambda f: (f[0], f[1]))
+        for name, value in chosen.items():
+            setattr(self, name, value)
+        self.fit_info = {
+            **self.fit_info,
+            "restart_seeds": [seed + r for r in range(len(fits))],
+            "restart_final_losses": [f[0] for f in fits],
+        }
+        if interrupted:
+            self.fit_info["restarts_interrupted"] = True
+        return self
 
     def _write_saved(
         self, path: str | Path, *, overwrite: bool, groups: dict[str, Any] | None = None,

@@ -268,6 +268,7 @@ class DynamicalCausalVAE(FittedState):
         checkpoint_every: int = 1000,
         on_nonfinite: str = "stop",
         devices=None,
+        restarts: int = 1,
     ) -> DynamicalCausalVAE:
         """Fit by SVI on minibatches of ``batch_size`` units (default ``min(256, n_units)``).
 
@@ -290,7 +291,22 @@ class DynamicalCausalVAE(FittedState):
         ``checkpoint_dir``, ``resume``, ``checkpoint_every`` and ``on_nonfinite`` are those
         of :func:`causalzoo.inference.fit_svi` (periodic atomic checkpoints, exact resume,
         Ctrl-C checkpoint, non-finite diagnosis); see the reliability guide.
+
+        ``restarts=R`` fits from scratch with seeds ``seed, ..., seed + R - 1`` and keeps the
+        fit with the lowest final loss (the mean over its last tenth of steps, at most 500);
+        ``fit_info["restart_seeds"]`` and ``fit_info["restart_final_losses"]`` record them.
+        It needs an unfitted model and does not combine with ``checkpoint_dir``/``resume``.
+        The kept fit is bit-identical to ``fit(seed=<its seed>)`` with the other arguments.
         """
+        if isinstance(restarts, bool) or restarts != 1:
+            return self._fit_restarts(
+                restarts, max_steps=max_steps, batch_size=batch_size, seed=seed,
+                learning_rate=learning_rate, global_learning_rate=global_learning_rate,
+                schedule=schedule, log_scale_shift_rate=log_scale_shift_rate,
+                early_stopping=early_stopping, progress=progress,
+                steps_per_call=steps_per_call, checkpoint_dir=checkpoint_dir, resume=resume,
+                on_nonfinite=on_nonfinite, devices=devices,
+            )
         data = self._fit_data()
         n_units = len(data["u"])
         batch_size = min(256, n_units) if batch_size is None else batch_size

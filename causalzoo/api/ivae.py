@@ -356,6 +356,7 @@ class IVAE(FittedState):
         on_nonfinite: str = "stop",
         devices=None,
         method: str = "svi",
+        restarts: int = 1,
         **nuts_options: Any,
     ) -> IVAE:
         """Fit by SVI (mean-field ELBO, analytic KL) on minibatches.
@@ -387,6 +388,12 @@ class IVAE(FittedState):
             ``"nuts"`` samples the posterior with NUTS with the networks fixed at the SVI fit
             (``self.nuts_result``); ``nuts_options`` as in
             :func:`causalzoo.inference.nuts_fit.ivae_nuts` (``num_samples``, ``subsample``, ...).
+        restarts : int
+            ``R > 1`` fits from scratch with seeds ``seed, ..., seed + R - 1`` and keeps the
+            fit with the lowest final loss (the mean over its last tenth of steps, at most
+            500); ``fit_info["restart_seeds"]`` and ``fit_info["restart_final_losses"]``
+            record them. The kept fit is bit-identical to ``fit(seed=<its seed>)``. Needs an
+            unfitted model; does not combine with ``checkpoint_dir``/``resume``.
 
         Returns
         -------
@@ -395,6 +402,14 @@ class IVAE(FittedState):
         """
         if method != "svi" or nuts_options:  # NUTS with the networks fixed
             return fit_by_method(self, method, seed=seed, **nuts_options)
+        if isinstance(restarts, bool) or restarts != 1:
+            return self._fit_restarts(
+                restarts, max_steps=max_steps, batch_size=batch_size, seed=seed,
+                learning_rate=learning_rate, schedule=schedule, early_stopping=early_stopping,
+                progress=progress, steps_per_call=steps_per_call,
+                checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=on_nonfinite,
+                devices=devices,
+            )
         arrays = self._arrays()
         n = arrays["x"].shape[0]
         batch_size = min(128, n) if batch_size is None else batch_size

@@ -34,7 +34,7 @@ from ..data import (
     setup_anndata,
 )
 from ..data.anndata import _one_hot as covariate_one_hot
-from ..data.streaming import anndata_source, control_batch_fn, is_backed
+from ..data.streaming import anndata_source, control_batch_fn, control_pools, is_backed
 from ..identifiability.shift_rotation import ShiftRotation, sparse_shift_rotation
 from ..inference import EarlyStopping, two_speed_adam
 from ..inference.nuts_fit import fit_by_method
@@ -298,13 +298,14 @@ class SparsePerturbationVAE(FittedState):
         """
         if method != "svi" or nuts_options:  # NUTS with the networks fixed
             return fit_by_method(self, method, seed=seed, **nuts_options)
-        if restarts != 1:
+        if isinstance(restarts, bool) or restarts != 1:
             return self._fit_restarts(
                 restarts, max_steps=max_steps, batch_size=batch_size, seed=seed,
                 learning_rate=learning_rate, global_learning_rate=global_learning_rate,
                 early_stopping=early_stopping, progress=progress,
                 steps_per_call=steps_per_call, checkpoint_dir=checkpoint_dir, resume=resume,
                 on_nonfinite=on_nonfinite, devices=devices,
+                extra_state=("reference", "response_rotation_"),
             )
         if is_backed(self.adata):
             source, arrays = anndata_source(self.adata, self.registry)
@@ -358,55 +359,11 @@ class SparsePerturbationVAE(FittedState):
 
     train = fit
 
-    def _fit_restarts(self, restarts, *, seed, checkpoint_dir, resume, **options):
-        """``fit(restarts=R)``: R fits from scratch, the lowest final loss kept."""
-        if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or (
-            restarts < 1
-        ):
-            raise CausalZooError(f"restarts must be a positive integer; got {restarts!r}.")
-        if checkpoint_dir is not None or resume:
-            raise CausalZooError(
-                "restarts > 1 fits several models from scratch and does not combine with "
-                "checkpoint_dir/resume; fit each seed with its own checkpoint_dir instead."
-            )
-        if self.is_fitted:
-            raise CausalZooError(
-                "restarts > 1 starts every fit from scratch, and this model is already "
-                "fitted; create a new model (or call fit without restarts to continue)."
-            )
-        fits = []
-        for r in range(int(restarts)):
-            self._init_fit_state()
-            self.fit(seed=seed + r, **options)
-            losses = np.asarray(self.history["loss"], np.float64)
-            tail = losses[-max(1, min(500, len(losses) // 10)):]
-            final = float(tail.mean()) if np.isfinite(tail).all() and tail.size else np.inf
-            fits.append((final, r, self.params, self.history, self.fit_info, self.reference))
-        _, _, self.params, self.history, self.fit_info, self.reference = min(
-            fits, key=lambda f: (f[0], f[1])
-        )
-        self.fit_info = {
-            **self.fit_info,
-            "restart_seeds": [seed + r for r in range(int(restarts))],
-            "restart_final_losses": [f[0] for f in fits],
-        }
-        self.response_rotation_ = None
-        return self
-
     @staticmethod
     def _alignment_batch_fn(is_control, context):
         """Pair each minibatch cell with a random control cell of the same covariate context
         (``data["context"]``, one id per cell)."""
-        control_idx = np.flatnonzero(is_control)
-        if control_idx.size == 0:
-            raise CausalZooError(
-                "alignment > 0 needs control cells to align to, and none were found; set "
-                "alignment=0."
-            )
-        n_contexts = int(context.max()) + 1
-        pools = [control_idx[context[control_idx] == c] for c in range(n_contexts)]
-        # A context without controls aligns to the controls of all contexts.
-        pools = [p if p.size else control_idx for p in pools]
+        pools = control_pools(is_control, context)
         width = max(p.size for p in pools)
         table = jnp.asarray(np.stack([np.resize(p, width) for p in pools]))
         counts = jnp.asarray([p.size for p in pools])

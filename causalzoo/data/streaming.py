@@ -66,6 +66,7 @@ __all__ = [
     "anndata_source",
     "check_matrix_chunked",
     "control_batch_fn",
+    "control_pools",
     "is_backed",
     "row_sums",
 ]
@@ -238,16 +239,8 @@ class CellSource:
                 f"context must be an array of {self.n_cells} integer context ids >= 0; got "
                 f"dtype {context.dtype} and shape {context.shape}."
             )
-        controls = np.flatnonzero(is_control)
-        if controls.size == 0:
-            raise CausalZooError(
-                "alignment > 0 needs control cells to align to, and none were found; set "
-                "alignment=0."
-            )
-        n_contexts = int(context.max()) + 1
-        pools = [controls[context[controls] == c] for c in range(n_contexts)]
-        # A context without controls aligns to the controls of all contexts.
-        pools = [pool if pool.size else controls for pool in pools]
+        pools = control_pools(is_control, context)
+        n_contexts = len(pools)
         if per_context is None:
             per_context = max(16, -(-self.chunk_cells // (8 * n_contexts)))
         if not _is_count(per_context) or per_context < 1:
@@ -362,6 +355,22 @@ class CellSource:
         return (f"CellSource({self.n_cells} cells x {self.n_features}, chunk_cells="
                 f"{self.chunk_cells}, block_cells={self.block_cells}, resident="
                 f"{sorted(self.resident)}{pool})")
+
+
+def control_pools(is_control, context) -> list[np.ndarray]:
+    """The control cells (row indices) of each covariate context ``0 .. max(context)``; a
+    context without controls gets the controls of all contexts. Raises when there are no
+    control cells at all (the alignment term needs them)."""
+    controls = np.flatnonzero(is_control)
+    if controls.size == 0:
+        raise CausalZooError(
+            "alignment > 0 needs control cells to align to, and none were found; set "
+            "alignment=0."
+        )
+    context = np.asarray(context)
+    pools = [controls[context[controls] == c] for c in range(int(context.max()) + 1)]
+    # A context without controls aligns to the controls of all contexts.
+    return [pool if pool.size else controls for pool in pools]
 
 
 def control_batch_fn(
