@@ -22,6 +22,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 _where = os.environ.get("CAUSALZOO_TEST_JAX_CACHE", "")
 if _where.lower() != "off":
     _cache = Path(_where) if _where else Path(__file__).resolve().parents[1] / ".cache" / "jax"
@@ -37,3 +39,21 @@ if _where.lower() != "off":
     jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(scope="session")
+def load_example():
+    """``load_example(name)`` imports ``examples/<name>.py`` as a module (the examples are
+    scripts, not a package), so a test can call its ``main([...])``."""
+    import importlib.util
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,25 +1,13 @@
 """examples/identifiability_test.py runs with its --smoke sizes (NumPyro's test_examples
 pattern, as tests/test_examples.py)."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.slow
-def test_identifiability_test_example_smoke():
-    out = _load("identifiability_test").main(["--smoke"])
+def test_identifiability_test_example_smoke(load_example):
+    out = load_example("identifiability_test").main(["--smoke"])
     assert out["n_examples"] >= 1  # hypothesis ran the property test
     assert out["model"].fit_info["n_steps"] == 30
     for report in (out["report"], out["control"]):

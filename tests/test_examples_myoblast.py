@@ -1,23 +1,12 @@
 """examples/myoblast_time_course.py runs with its --smoke sizes on the real myoblast data
 (snapshot mode of the dynamical model); skipped when the shared data folder is absent."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from causalzoo import datasets as ds
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 SHARED = ds.data_dir()
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.slow
@@ -25,8 +14,8 @@ def _load(name):
     SHARED is None or not (SHARED / "hsmm_trapnell2014_myoblast_timecourse.h5ad").is_file(),
     reason="shared data folder not found (set CAUSALZOO_DATA to the folder with the .h5ad files)",
 )
-def test_myoblast_example_smoke(tmp_path):
-    out = _load("myoblast_time_course").main(["--smoke", "--out", str(tmp_path)])
+def test_myoblast_example_smoke(tmp_path, load_example):
+    out = load_example("myoblast_time_course").main(["--smoke", "--out", str(tmp_path)])
     model, adata = out["model"], out["adata"]
     assert type(model).__name__ == "SnapshotDynamicalCausalVAE"
     assert model.registry.domain_names == ["DM", "GM"] and model.registry.control == "GM"

@@ -2,29 +2,19 @@
 docs/guides/posterior_demo.md end to end on a tiny fit of the demo's split (~30 s of CPU:
 three compiled fits/conversions dominate)."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import causalzoo as cz
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
-def test_posterior_demo_quick(tmp_path):
-    example = _load("posterior_analysis_demo")
+def test_posterior_demo_quick(tmp_path, load_example):
+    example = load_example("posterior_analysis_demo")
     out = example.main(["--quick", "--out", str(tmp_path)])
     results = json.loads((tmp_path / "results.json").read_text())
     assert results == json.loads(json.dumps(out["results"]))
