@@ -142,7 +142,7 @@ def dynamical_source(fitted, data=None) -> PosteriorSource:
     features), "u": (units,) codes}`` for other units. A snapshot-mode model goes to
     :func:`dynamical_snapshot_source`."""
     from ..api.dynamical_snapshot import SnapshotDynamicalCausalVAE
-    from ..models.dynamical import dynamical_guide, dynamical_model
+    from ..models.dynamical import domain_shifts, dynamical_guide, dynamical_model
 
     if isinstance(fitted, SnapshotDynamicalCausalVAE):
         return dynamical_snapshot_source(fitted, data)
@@ -173,10 +173,15 @@ def dynamical_source(fitted, data=None) -> PosteriorSource:
     latents = [f"z_{i}" for i in range(config.n_latent)]
 
     def derived(posterior):
-        if "target" not in posterior or "mean_shift" not in posterior:
+        if not {"target", "mean_shift", "log_scale_shift"} <= set(posterior):
             return {}
+        # the shifts the model applies (`noise_modulation` decides whether the targets gate
+        # the noise-scale shift)
+        mean, log_scale = domain_shifts(config, posterior["target"], posterior["mean_shift"],
+                                        posterior["log_scale_shift"])
         return {
-            "domain_shift": (["domains", "latents"], posterior["target"] * posterior["mean_shift"])
+            "domain_shift": (["domains", "latents"], np.asarray(mean)),
+            "domain_log_scale_shift": (["domains", "latents"], np.asarray(log_scale)),
         }
 
     loss = np.asarray(fitted.history.get("loss", np.zeros(0)), dtype=np.float64)

@@ -59,6 +59,9 @@ def test_dynamical_groups_dims_and_coords(dynamical, dynamical_tree):
     assert post["mean_shift"].dims == ("chain", "draw", "domains", "latents")
     assert list(post["domains"].values) == ["a", "b", "c"]
     np.testing.assert_array_equal(post["domain_shift"], post["target"] * post["mean_shift"])
+    # noise_modulation="targets" (the default): the targets gate the noise-scale shift too
+    np.testing.assert_array_equal(post["domain_log_scale_shift"],
+                                  post["target"] * post["log_scale_shift"])
     # globals are drawn once per draw: every chunk of units saw the same lag graph
     assert set(np.unique(post["lag_graph"])) <= {0.0, 1.0}
     obs = dynamical_tree["observed_data"].to_dataset()["x"]
