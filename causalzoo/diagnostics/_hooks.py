@@ -136,13 +136,32 @@ def ivae_source(fitted, adata=None) -> PosteriorSource:
     )
 
 
+def _acting_domain_shifts(config, active=1.0):
+    """The ``derived`` hook of both dynamical converters: the per-domain shifts the model
+    applies (``noise_modulation`` decides whether the targets gate the noise-scale shift),
+    times ``active`` (0 for a control domain, whose mechanisms are the base ones)."""
+    from ..models.dynamical import domain_shifts
+
+    def derived(posterior):
+        if not {"target", "mean_shift", "log_scale_shift"} <= set(posterior):
+            return {}
+        mean, log_scale = domain_shifts(config, posterior["target"], posterior["mean_shift"],
+                                        posterior["log_scale_shift"])
+        return {
+            "domain_shift": (["domains", "latents"], active * np.asarray(mean)),
+            "domain_log_scale_shift": (["domains", "latents"], active * np.asarray(log_scale)),
+        }
+
+    return derived
+
+
 def dynamical_source(fitted, data=None) -> PosteriorSource:
     """The :class:`PosteriorSource` of a fitted :class:`causalzoo.DynamicalCausalVAE` in
     sequence mode. ``data`` is ``None`` (the training sequences) or ``{"x": (units, steps,
     features), "u": (units,) codes}`` for other units. A snapshot-mode model goes to
     :func:`dynamical_snapshot_source`."""
     from ..api.dynamical_snapshot import SnapshotDynamicalCausalVAE
-    from ..models.dynamical import domain_shifts, dynamical_guide, dynamical_model
+    from ..models.dynamical import dynamical_guide, dynamical_model
 
     if isinstance(fitted, SnapshotDynamicalCausalVAE):
         return dynamical_snapshot_source(fitted, data)
@@ -172,17 +191,7 @@ def dynamical_source(fitted, data=None) -> PosteriorSource:
         cell_data["library_size"] = np.maximum(cell_data["x"].sum(-1), 1.0)
     latents = [f"z_{i}" for i in range(config.n_latent)]
 
-    def derived(posterior):
-        if not {"target", "mean_shift", "log_scale_shift"} <= set(posterior):
-            return {}
-        # the shifts the model applies (`noise_modulation` decides whether the targets gate
-        # the noise-scale shift)
-        mean, log_scale = domain_shifts(config, posterior["target"], posterior["mean_shift"],
-                                        posterior["log_scale_shift"])
-        return {
-            "domain_shift": (["domains", "latents"], np.asarray(mean)),
-            "domain_log_scale_shift": (["domains", "latents"], np.asarray(log_scale)),
-        }
+    derived = _acting_domain_shifts(config)
 
     loss = np.asarray(fitted.history.get("loss", np.zeros(0)), dtype=np.float64)
     return PosteriorSource(
@@ -285,7 +294,6 @@ def dynamical_snapshot_source(fitted, adata=None) -> PosteriorSource:
         snapshot_guide,
         snapshot_model,
     )
-    from ..models.dynamical import domain_shifts
 
     x, u, time, steps, cell_names = _snapshot_cells(fitted, adata)
     reg, config = fitted.registry, fitted.config
@@ -298,17 +306,7 @@ def dynamical_snapshot_source(fitted, adata=None) -> PosteriorSource:
     # 0 for the control domain, whose mechanisms are the base ones whatever `target` says
     active = np.asarray(domain_activity(fitted.n_domains, fitted.control_domain))
 
-    def derived(posterior):
-        if not {"target", "mean_shift", "log_scale_shift"} <= set(posterior):
-            return {}
-        # the shifts the model applies (`noise_modulation` decides whether the targets gate
-        # the noise-scale shift), zero for the control domain
-        mean, log_scale = domain_shifts(config, posterior["target"], posterior["mean_shift"],
-                                        posterior["log_scale_shift"])
-        return {
-            "domain_shift": (["domains", "latents"], active * np.asarray(mean)),
-            "domain_log_scale_shift": (["domains", "latents"], active * np.asarray(log_scale)),
-        }
+    derived = _acting_domain_shifts(config, active)
 
     loss = np.asarray(fitted.history.get("loss", np.zeros(0)), dtype=np.float64)
     constant_data = {

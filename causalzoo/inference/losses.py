@@ -49,19 +49,27 @@ class AlignedELBO(TraceMeanField_ELBO):
         self.alignment = float(alignment)
         self.site = site
 
-    def _penalty(self, rng_key, param_map, guide, args, kwargs):
-        tr = trace(substitute(seed(guide, rng_key), data=param_map)).get_trace(*args, **kwargs)
-        if self.site not in tr:
+    def _has_penalty(self) -> bool:
+        """Whether any term outside the ELBO is on (then the guide is traced once more)."""
+        return bool(self.alignment)
+
+    def _penalty(self, guide_trace, kwargs):
+        """The terms outside the ELBO, read from one trace of the guide; a subclass adds its
+        own terms to ``super()._penalty(...)`` so the guide is traced once for all."""
+        if not self.alignment or self.site not in guide_trace:
             return 0.0
-        distance = tr[self.site]["value"]
+        distance = guide_trace[self.site]["value"]
         n_cells = kwargs.get("n_cells") or distance.shape[0]
         return self.alignment * n_cells * distance.mean()
 
     def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
         out = super().loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)
-        if self.alignment:
+        if self._has_penalty():
+            tr = trace(substitute(seed(guide, rng_key), data=param_map)).get_trace(
+                *args, **kwargs
+            )
             out = dict(out)
-            out["loss"] = out["loss"] + self._penalty(rng_key, param_map, guide, args, kwargs)
+            out["loss"] = out["loss"] + self._penalty(tr, kwargs)
         return out
 
     def loss(self, rng_key, param_map, model, guide, *args, **kwargs):

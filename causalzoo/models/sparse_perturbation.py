@@ -506,15 +506,15 @@ class SparsePerturbationELBO(AlignedELBO):
         super().__init__(alignment, num_particles=num_particles)
         self.invariance = float(invariance)
 
-    def loss_with_mutable_state(self, rng_key, param_map, model, guide, *args, **kwargs):
-        out = super().loss_with_mutable_state(rng_key, param_map, model, guide, *args, **kwargs)
+    def _has_penalty(self) -> bool:
+        return super()._has_penalty() or bool(self.invariance)
+
+    def _penalty(self, guide_trace, kwargs):
+        total = super()._penalty(guide_trace, kwargs)
         if not self.invariance:
-            return out
-        tr = handlers.trace(
-            handlers.substitute(handlers.seed(guide, rng_key), data=param_map)
-        ).get_trace(*args, **kwargs)
-        loc = tr["z_inv"]["fn"].base_dist.loc
+            return total
+        loc = guide_trace["z_inv"]["fn"].base_dist.loc
         design = kwargs["design"]
         n_cells = kwargs.get("n_cells") or design.shape[0]
         penalty = invariance_discrepancy(loc, design, kwargs.get("covariates"))
-        return {**out, "loss": out["loss"] + self.invariance * n_cells * penalty}
+        return total + self.invariance * n_cells * penalty
