@@ -119,7 +119,8 @@ def _config(args) -> dict:
     return {"n_hidden": args.hidden, "transition": args.transition, "prior": args.prior,
             "flow_base": args.flow_base, "target_probability": args.target_probability,
             "log_scale_shift_scale": args.log_scale_shift_scale,
-            "shift_scale": args.shift_scale, "noise_modulation": args.noise_modulation}
+            "shift_scale": args.shift_scale, "noise_modulation": args.noise_modulation,
+            "posterior": args.posterior, "observation_scale": args.observation_scale}
 
 
 def _fit(model, args, fit_seed=None):
@@ -139,7 +140,10 @@ def _r2(z, z_hat) -> dict:
 def run(args, labels: str = "true", fit_seed: int | None = None) -> dict:
     """One fit; ``labels``: "true", "shuffled" (a random permutation of the units' domain
     labels) or "stationary" (one domain for all units: the domains cannot act);
-    ``fit_seed``: the fit's seed (default ``--fit-seed``)."""
+    ``fit_seed``: the fit's seed (default ``--fit-seed``). ``labels="vae"``: the control
+    without dynamics and domains, :func:`run_vae`."""
+    if labels == "vae":
+        return run_vae(args, fit_seed)
     data = make_data(args)
     d = data.n_latent
     u = data.u
@@ -172,6 +176,40 @@ def run(args, labels: str = "true", fit_seed: int | None = None) -> dict:
         "n_true_edges": int(data.graph.sum()),
         "precision": graph["precision"],
         "recall": graph["recall"],
+        "fit_seconds": seconds,
+        "compile_seconds": model.fit_info["compile_seconds"],
+        "fit_seed": model.fit_info["seed"],
+        "final_loss": restart_final_loss(model.history["loss"]),
+    }
+
+
+def run_vae(args, fit_seed: int | None = None) -> dict:
+    """The control without dynamics and without domains (``--control vae``): a VAE on the
+    steps as independent points (``cz.IVAE`` with one segment, i.e. a learned factorised
+    Gaussian prior, the same guide covariance and observation noise as the dynamical fit,
+    the same SVI budget). Nothing in it can tell a rotation of the latents from the truth,
+    so it must score near the floor."""
+    data = make_data(args)
+    d = data.n_latent
+    x = (data.x / data.x.std()).reshape(-1, data.x.shape[-1])
+    ivae_config = {"posterior": args.posterior, "observation_scale": args.observation_scale,
+                   "n_hidden": args.hidden, "prior_mean": False}
+    model = cz.IVAE.from_arrays(x=x, u=np.zeros(len(x), np.int64), n_latent=d, **ivae_config)
+    start = time.perf_counter()
+    model.fit(max_steps=args.steps, batch_size=args.batch_size * data.x.shape[1],
+              seed=args.fit_seed if fit_seed is None else fit_seed, learning_rate=args.lr,
+              progress=False)
+    seconds = time.perf_counter() - start
+    z_hat = model.get_latent_representation().reshape(data.z.shape)
+    lags = data.n_lags
+    return {
+        "labels": "vae",
+        "mcc": mcc(data.z.reshape(-1, d), z_hat.reshape(-1, d), method="spearman"),
+        "mcc_after_history": mcc(data.z[:, lags:].reshape(-1, d),
+                                 z_hat[:, lags:].reshape(-1, d), method="spearman"),
+        "floor_rotation": entangled_floor(data.z.reshape(-1, d), method="spearman",
+                                          seed=0)["rotation"],
+        **_r2(data.z.reshape(-1, d), z_hat.reshape(-1, d)),
         "fit_seconds": seconds,
         "compile_seconds": model.fit_info["compile_seconds"],
         "fit_seed": model.fit_info["seed"],
@@ -320,9 +358,14 @@ def main(argv=None):
     parser.add_argument("--noise-scale", type=float, default=0.1,
                         help="the generator's transition noise scale (LEAP: the noise sd of a "
                         "domain and latent is noise_scale * U(0, 1))")
-    parser.add_argument("--control", default="shuffled", choices=["shuffled", "stationary"],
+    parser.add_argument("--control", default="shuffled",
+                        choices=["shuffled", "stationary", "vae"],
                         help="the negative control: shuffled domain labels, or one domain "
                         "for all units")
+    parser.add_argument("--posterior", default="diagonal", choices=["diagonal", "full"],
+                        help="covariance of the per-step guide q(z_t | x_t)")
+    parser.add_argument("--observation-scale", type=float, default=None,
+                        help="fixed Gaussian observation noise sd (default: learned)")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--transition", default="linear", choices=["linear", "mlp"])
     parser.add_argument("--prior", default="gaussian", choices=["gaussian", "flow"],
@@ -333,7 +376,9 @@ def main(argv=None):
     parser.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace"],
                         help="transition noise of the generated latents")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
-    parser.add_argument("--no-control", action="store_true", help="skip the shuffled run")
+    parser.add_argument("--no-control", action="store_true", help="skip the control run")
+    parser.add_argument("--control-only", action="store_true",
+                        help="run only the control (e.g. --control vae next to earlier fits)")
     parser.add_argument("--snapshot", action="store_true",
                         help="snapshot mode (one random step per unit) beside sequence mode, "
                         "instead of the shuffled control")
@@ -351,14 +396,16 @@ def main(argv=None):
     elif args.snapshot:
         rows = [run(args), run_snapshot(args)]
     elif args.restarts > 1:
-        rows = run_restarts(args) + ([] if args.no_control else run_restarts(args, args.control))
+        rows = (([] if args.control_only else run_restarts(args))
+                + ([] if args.no_control else run_restarts(args, args.control)))
     else:
-        rows = [run(args)] + ([] if args.no_control else [run(args, args.control)])
+        rows = (([] if args.control_only else [run(args)])
+                + ([] if args.no_control else [run(args, args.control)]))
     keys = list(rows[0])
     print(" | ".join(keys))
     for row in rows:
-        print(" | ".join(f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k])
-                         for k in keys))
+        print(" | ".join(f"{row[k]:.3f}" if isinstance(row.get(k), float)
+                         else str(row.get(k, "")) for k in keys))
     print(f"process CPU seconds: {resource.getrusage(resource.RUSAGE_SELF).ru_utime:.1f}")
 
 

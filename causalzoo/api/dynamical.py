@@ -367,7 +367,7 @@ class DynamicalCausalVAE(FittedState):
             def encode(params, x, u):
                 guide = handlers.substitute(handlers.seed(dynamical_guide, 0), params)
                 tr = handlers.trace(guide).get_trace(x=x, u=u, **kwargs)
-                z = tr["z"]["fn"].base_dist.loc
+                z = tr["z"]["fn"].mean
                 z_inv = tr["z_inv"]["fn"].base_dist.loc if "z_inv" in tr else z[:, 0, :0]
                 return z, z_inv
 

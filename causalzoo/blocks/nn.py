@@ -17,7 +17,8 @@ import numpyro
 from flax import nnx
 from numpyro.contrib.module import nnx_module
 
-__all__ = ["MLP", "GaussianEncoder", "attach", "default_factory", "network_rngs"]
+__all__ = ["MLP", "GaussianEncoder", "attach", "default_factory", "network_rngs",
+           "scale_tril"]
 
 _ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,
@@ -140,3 +141,19 @@ def default_factory(n_hidden: int, n_layers: int, activation: str = "relu") -> N
     return factory
 
 
+def scale_tril(diagonal, lower=None):
+    """Lower-triangular Cholesky factors ``(..., k, k)`` from positive diagonals ``(..., k)``
+    and, optionally, the strictly-lower entries ``(..., k (k - 1) / 2)`` in
+    ``jnp.tril_indices(k, -1)`` order (``None``: diagonal factors).
+
+    Examples
+    --------
+    >>> scale_tril(jnp.array([1.0, 2.0]), jnp.array([0.5])).tolist()
+    [[1.0, 0.0], [0.5, 2.0]]
+    """
+    k = diagonal.shape[-1]
+    tril = diagonal[..., :, None] * jnp.eye(k, dtype=diagonal.dtype)
+    if lower is not None and k > 1:
+        rows, cols = jnp.tril_indices(k, -1)
+        tril = tril.at[..., rows, cols].set(lower)
+    return tril

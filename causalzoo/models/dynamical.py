@@ -81,7 +81,7 @@ from numpyro import handlers
 
 from .._errors import CausalZooError
 from ..blocks.likelihoods import Likelihood, get_likelihood
-from ..blocks.nn import attach, default_factory
+from ..blocks.nn import attach, default_factory, scale_tril
 from ..blocks.priors import StraightThroughBernoulli
 from ..blocks.transitions import (
     FLOW_BASES,
@@ -106,6 +106,7 @@ __all__ = [
 NETWORK_NAMES = ("decoder", "encoder", "encoder_invariant", "transition")
 TRANSITIONS = ("mlp", "linear")
 NOISE_MODULATIONS = ("targets", "all")
+POSTERIORS = ("diagonal", "full")
 
 
 def _logit(p: float) -> float:
@@ -153,6 +154,16 @@ class DynamicalConfig:
     modulate_history : bool
         Let the domain's mean and log-scale shifts act on the first ``n_lags`` steps too
         (default: those steps are N(0, I), as in LEAP and TDRL).
+    posterior : {"diagonal", "full"}
+        Covariance of the per-step guide ``q(z_t | x_t)``: diagonal (mean-field over the
+        variables, default) or a full Cholesky factor per step. A mean-field guide's ELBO
+        penalises a decoder whose Jacobian columns are not orthogonal, so it can prefer an
+        entangled (rotated) solution to the true one; ``"full"`` removes that bias within
+        a step (the reason the iVAE defaults to it; ``docs/models/dynamical.md``).
+    observation_scale : float, optional
+        Fixed standard deviation of the Gaussian observation noise (the iVAE's and LEAP's
+        practice on noise-free sequences); ``None`` (default) learns a per-feature scale.
+        Only for ``likelihood="gaussian"``.
     activation : str
         Hidden activation of the MLPs.
     networks : mapping, optional
@@ -177,6 +188,8 @@ class DynamicalConfig:
     log_scale_shift_scale: float = 1.0
     noise_modulation: str = "targets"
     modulate_history: bool = False
+    posterior: str = "diagonal"
+    observation_scale: float | None = None
     activation: str = "leaky_relu"
     networks: Mapping[str, Callable] | None = field(default=None, compare=False)
 
@@ -213,6 +226,24 @@ class DynamicalConfig:
                 f"{list(NOISE_MODULATIONS)} ('targets': a domain changes the noise scale of "
                 "its targets only; 'all': of every latent)."
             )
+        if self.posterior not in POSTERIORS:
+            raise CausalZooError(
+                f"posterior={self.posterior!r}: use one of {list(POSTERIORS)} (the covariance "
+                "of the per-step guide q(z_t | x_t))."
+            )
+        scale = self.observation_scale
+        if scale is not None:
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+                raise CausalZooError(
+                    f"observation_scale must be a number > 0, or None to learn it; got "
+                    f"{scale!r}."
+                )
+            if get_likelihood(self.likelihood).name != "gaussian":
+                raise CausalZooError(
+                    "observation_scale fixes the Gaussian likelihood's noise; it does not "
+                    f"apply to likelihood={get_likelihood(self.likelihood).name!r} (leave "
+                    "it None)."
+                )
         if self.flow_base not in FLOW_BASES:
             raise CausalZooError(
                 f"flow_base={self.flow_base!r}: use one of {list(FLOW_BASES)} (the base "
@@ -477,8 +508,16 @@ def dynamical_model(
         )
         out = decoder(h)
         with numpyro.plate("units", n_batch, dim=-2), numpyro.plate("steps", n_steps, dim=-1):
-            x = numpyro.sample("x", lik(out, library_size).to_event(1), obs=x)
+            x = numpyro.sample("x", observation(config, out, library_size).to_event(1), obs=x)
     return {"z_inv": z_inv, "z": z, "lag_graph": lag_graph, "target": target, "x": x}
+
+
+def observation(config: DynamicalConfig, out, library_size):
+    """``p(x | decoder output)``: the configured likelihood, or a Gaussian with the fixed
+    ``config.observation_scale``."""
+    if config.observation_scale is not None:
+        return dist.Normal(out, config.observation_scale)
+    return config.likelihood_block(out, library_size)
 
 
 def global_guide(n_domains: int, *, config: DynamicalConfig = DEFAULT_CONFIG):
@@ -524,6 +563,32 @@ def _gaussian_encoder(name, in_features, n_latent, config):
     return encode
 
 
+def step_posterior(name, in_features, config):
+    """``h (..., features) -> q(z_t | x_t)``, event shape ``(n_latent,)``: a diagonal normal
+    or, with ``config.posterior == "full"``, a multivariate normal with a full Cholesky
+    factor (attaches the network ``name``)."""
+    k = config.n_latent
+    if config.posterior == "diagonal":
+        encode = _gaussian_encoder(name, in_features, k, config)
+
+        def diagonal(h):
+            loc, scale = encode(h)
+            return dist.Normal(loc, scale).to_event(1)
+
+        return diagonal
+    n_out = 2 * k + k * (k - 1) // 2
+    net = attach(name, lambda rngs: config.network(name)(in_features, n_out, rngs=rngs))
+
+    def full(h):
+        out = net(h)
+        loc, raw, lower = out[..., :k], out[..., k:2 * k], out[..., 2 * k:]
+        return dist.MultivariateNormal(
+            loc, scale_tril=scale_tril(jax.nn.softplus(raw) + 1e-4, lower)
+        )
+
+    return full
+
+
 def dynamical_guide(
     x=None,
     u=None,
@@ -542,7 +607,7 @@ def dynamical_guide(
     n_batch, n_steps, n_features = _shapes(x, u, n_steps, n_features, n_domains)
     global_guide(n_domains, config=config)
     h = encoder_input(x, config.likelihood_block)
-    encode = _gaussian_encoder("encoder", n_features, config.n_latent, config)
+    posterior = step_posterior("encoder", n_features, config)
     with _scaled(n_batch, n_units or n_cells), numpyro.plate("units", n_batch, dim=-1):
         if config.n_latent_invariant:
             encode_inv = _gaussian_encoder(
@@ -550,5 +615,4 @@ def dynamical_guide(
             )
             loc_inv, scale_inv = encode_inv(h.mean(axis=1))
             numpyro.sample("z_inv", dist.Normal(loc_inv, scale_inv).to_event(1))
-        loc, scale = encode(h)
-        numpyro.sample("z", dist.Normal(loc, scale).to_event(2))
+        numpyro.sample("z", posterior(h).to_event(1))

@@ -80,6 +80,8 @@ from .dynamical import (
     encoder_input,
     global_guide,
     model_blocks,
+    observation,
+    step_posterior,
 )
 
 __all__ = [
@@ -346,7 +348,6 @@ def snapshot_model(
     ((3, 4), (2, 16, 4, 4), (3, 5))
     """
     n_batch, n_features = _checked(x, u, time_index, n_features, n_times, n_domains)
-    lik = config.likelihood_block
     k, k_inv, lags = config.n_latent, config.n_latent_invariant, config.n_lags
     n_path = path_length(n_times, lags)
     time_index = jnp.asarray(time_index)
@@ -385,7 +386,8 @@ def snapshot_model(
             z_inv = numpyro.sample("z_inv", dist.Normal(0.0, 1.0).expand([k_inv]).to_event(1))
         z = numpyro.sample("z", prior_z)
         h = z if z_inv is None else jnp.concatenate([z_inv, z], axis=-1)
-        x = numpyro.sample("x", lik(decoder(h), library_size).to_event(1), obs=x)
+        x = numpyro.sample("x", observation(config, decoder(h), library_size).to_event(1),
+                           obs=x)
     return {"z_inv": z_inv, "z": z, "population": population, "lag_graph": lag_graph,
             "target": target, "x": x}
 
@@ -410,7 +412,7 @@ def snapshot_guide(
     n_batch, n_features = _checked(x, u, time_index, n_features, n_times, n_domains)
     global_guide(n_domains, config=config)
     h = encoder_input(x, config.likelihood_block)
-    encode = _gaussian_encoder("encoder", n_features, config.n_latent, config)
+    posterior = step_posterior("encoder", n_features, config)
     with _scaled(n_batch, n_cells), numpyro.plate("cells", n_batch, dim=-1):
         if config.n_latent_invariant:
             encode_inv = _gaussian_encoder(
@@ -418,5 +420,4 @@ def snapshot_guide(
             )
             loc_inv, scale_inv = encode_inv(h)
             numpyro.sample("z_inv", dist.Normal(loc_inv, scale_inv).to_event(1))
-        loc, scale = encode(h)
-        numpyro.sample("z", dist.Normal(loc, scale).to_event(1))
+        numpyro.sample("z", posterior(h))

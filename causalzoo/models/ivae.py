@@ -56,7 +56,7 @@ from flax import nnx
 
 from .._errors import CausalZooError
 from ..blocks.likelihoods import Likelihood, get_likelihood
-from ..blocks.nn import _ACTIVATIONS, MLP, attach
+from ..blocks.nn import _ACTIVATIONS, MLP, attach, scale_tril
 from .sparse_perturbation import cells_plate
 
 __all__ = ["IVAEConfig", "ivae_model", "ivae_guide", "ivae_encode"]
@@ -186,16 +186,6 @@ def _n_encoder_outputs(config: IVAEConfig) -> int:
     return 2 * k + (k * (k - 1) // 2 if config.posterior == "full" else 0)
 
 
-def _scale_tril(diagonal, lower=None):
-    """A batch of lower-triangular factors from positive diagonals and strict-lower entries."""
-    k = diagonal.shape[-1]
-    tril = diagonal[..., :, None] * jnp.eye(k, dtype=diagonal.dtype)
-    if lower is not None and k > 1:
-        rows, cols = jnp.tril_indices(k, -1)
-        tril = tril.at[..., rows, cols].set(lower)
-    return tril
-
-
 def ivae_prior(u, config: IVAEConfig = DEFAULT_CONFIG) -> dist.Distribution:
     """The conditional prior ``p(z | u) = prod_i Normal(mu_i(u), lambda_i(u))`` (per point)."""
     k = config.n_latent
@@ -207,7 +197,7 @@ def ivae_prior(u, config: IVAEConfig = DEFAULT_CONFIG) -> dist.Distribution:
     scale = jnp.exp(0.5 * jnp.clip(log_var, -8.0, 8.0))
     # A diagonal covariance written as a multivariate normal: the same factorised density,
     # and the guide's KL to it is analytic for both guide covariances.
-    return dist.MultivariateNormal(mean, scale_tril=_scale_tril(scale))
+    return dist.MultivariateNormal(mean, scale_tril=scale_tril(scale))
 
 
 def ivae_model(
@@ -297,7 +287,7 @@ def ivae_encode(x, u, config: IVAEConfig = DEFAULT_CONFIG):
     out = net(h)
     loc, raw, lower = out[..., :k], out[..., k:2 * k], out[..., 2 * k:]
     diagonal = jax.nn.softplus(raw) + 1e-4
-    return loc, _scale_tril(diagonal, lower if config.posterior == "full" else None)
+    return loc, scale_tril(diagonal, lower if config.posterior == "full" else None)
 
 
 def ivae_guide(
@@ -313,6 +303,6 @@ def ivae_guide(
     if x is None:
         raise CausalZooError("The guide needs the observed `x` (it is amortised over points).")
     _check_u(u, x.shape[0])
-    loc, scale_tril = ivae_encode(x, u, config)
+    loc, tril = ivae_encode(x, u, config)
     with cells_plate(x.shape[0], n_cells):
-        numpyro.sample("z", dist.MultivariateNormal(loc, scale_tril=scale_tril))
+        numpyro.sample("z", dist.MultivariateNormal(loc, scale_tril=tril))

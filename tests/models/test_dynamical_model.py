@@ -94,6 +94,47 @@ def test_guide_matches_model_latents(prior_trace):
         "lag_graph", "target", "mean_shift", "log_scale_shift"}
 
 
+def test_full_posterior_guide_is_a_cholesky_normal_per_step(prior_trace):
+    """posterior="full": one multivariate normal per unit and step with a lower-triangular
+    factor the encoder outputs (strict-lower entries non-zero), the same site shape and
+    plates as the mean-field guide, and log q equal to that normal's density."""
+    full = DynamicalConfig(**{**CFG.to_dict(), "posterior": "full"})
+    x = prior_trace["x"]["value"]
+    gtr = seeded_trace(dynamical_guide, x=x, u=U, config=full, n_domains=D)
+    site = gtr["z"]
+    assert site["value"].shape == (N, T, K)
+    assert _frames(site) == {("units", -1)}
+    fn = site["fn"]
+    assert fn.event_shape == (T, K) and fn.batch_shape == (N,)
+    tril = np.asarray(fn.base_dist.scale_tril)
+    assert tril.shape == (N, T, K, K)
+    np.testing.assert_array_equal(np.triu(tril, 1), 0.0)
+    assert np.all(np.diagonal(tril, axis1=-2, axis2=-1) > 0)
+    assert np.abs(tril[..., 1, 0]).min() > 0  # correlations between latents within a step
+    cov = tril @ np.swapaxes(tril, -1, -2)
+    loc = np.asarray(fn.base_dist.loc)
+    from scipy.stats import multivariate_normal
+
+    value = np.asarray(site["value"])
+    expected = sum(multivariate_normal(loc[n, t], cov[n, t]).logpdf(value[n, t])
+                   for n in range(N) for t in range(T))
+    np.testing.assert_allclose(float(fn.log_prob(site["value"]).sum()), expected, rtol=1e-4)
+    # the model is unchanged: the full guide scores under the same model sites
+    model_tr = handlers.trace(handlers.substitute(
+        handlers.seed(dynamical_model, 1), data={"z": site["value"]})).get_trace(
+        x=x, u=U, config=full, n_domains=D)
+    assert np.isfinite(float(model_tr["z"]["fn"].log_prob(site["value"]).sum()))
+
+
+def test_fixed_observation_scale():
+    fixed = DynamicalConfig(**{**CFG.to_dict(), "observation_scale": 0.25})
+    tr = seeded_trace(dynamical_model, u=U, config=fixed, **SIZES)
+    assert float(jnp.unique(tr["x"]["fn"].base_dist.scale)[0]) == pytest.approx(0.25)
+    assert "log_noise_scale" not in tr  # nothing learned for the noise
+    learned = seeded_trace(dynamical_model, u=U, config=CFG, **SIZES)
+    assert "log_noise_scale" in learned
+
+
 def test_minibatch_scaling():
     tr = seeded_trace(dynamical_model, u=U, config=LINEAR, n_units=4 * N, **SIZES)
     for name in ("z", "x"):
@@ -332,6 +373,10 @@ def test_registered_spec():
         (dict(prior="nope"), "prior='nope'"),
         (dict(flow_base="cauchy"), "flow_base='cauchy'"),
         (dict(noise_modulation="some"), "noise_modulation='some'"),
+        (dict(posterior="low-rank"), "posterior='low-rank'"),
+        (dict(observation_scale=0.0), "observation_scale"),
+        (dict(observation_scale=True), "observation_scale"),
+        (dict(observation_scale=0.1, likelihood="nb"), "does not apply"),
         (dict(likelihood="bernoulli"), "likelihood"),
         (dict(networks={"dekoder": None}), "dekoder"),
     ],
