@@ -24,6 +24,7 @@ from numpyro.infer import Predictive
 
 from .._errors import CausalZooError
 from ..data.anndata import densify, get_counts
+from ..data.streaming import BackedRows, dense_blocks, is_backed
 from ..data.validation import (
     check_count_matrix,
     check_nonempty,
@@ -194,7 +195,8 @@ def _time_grid(times: np.ndarray, time_step) -> tuple[float, float | None, list[
     return origin, float(time_step), [origin + i * float(time_step) for i in range(n)]
 
 
-def _expression(adata, registry: SnapshotRegistry) -> np.ndarray:
+def _check_features(adata, registry: SnapshotRegistry) -> str:
+    """Checks the genes; returns how the user names the expression matrix."""
     names = [str(v) for v in adata.var_names]
     if names != registry.feature_names:
         missing = sorted(set(registry.feature_names) - set(names))
@@ -203,20 +205,61 @@ def _expression(adata, registry: SnapshotRegistry) -> np.ndarray:
             f"(missing: {missing[:5]}); subset and order it as the training data "
             "(adata[:, model.registry.feature_names])."
         )
+    return "adata.X" if registry.layer is None else f"adata.layers[{registry.layer!r}]"
+
+
+def _check_finite(x: np.ndarray, where: str, obs_names, offset: int = 0) -> None:
+    if not np.isfinite(x).all():
+        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
+        raise CausalZooError(
+            f"{where} contains NaN or infinite values (first in cell {offset + row}, "
+            f"{obs_names[offset + row]!r}); expression values must be finite."
+        )
+
+
+def _expression(adata, registry: SnapshotRegistry) -> np.ndarray:
+    """The expression of ``adata``, dense in memory (a backed AnnData's too: read in
+    blocks, then held whole; :func:`_cells_expression` keeps it on disk)."""
+    if is_backed(adata):
+        x, _ = _expression_on_disk(adata, registry)
+        return x[0:x.shape[0]]
+    where = _check_features(adata, registry)
     matrix = get_counts(adata, registry.layer)
-    where = "adata.X" if registry.layer is None else f"adata.layers[{registry.layer!r}]"
     if registry.count_data:
         check_count_matrix(matrix, count_data=True, where=where,
                            available_layers=list(adata.layers.keys()),
                            obs_names=adata.obs_names, var_names=adata.var_names)
     x = densify(matrix, np.float32)
-    if not np.isfinite(x).all():
-        row = int(np.flatnonzero(~np.isfinite(x).all(axis=1))[0])
-        raise CausalZooError(
-            f"{where} contains NaN or infinite values (first in cell {row}, "
-            f"{adata.obs_names[row]!r}); expression values must be finite."
-        )
+    _check_finite(x, where, adata.obs_names)
     return x
+
+
+def _expression_on_disk(adata, registry: SnapshotRegistry) -> tuple[BackedRows, np.ndarray]:
+    """The expression of a backed AnnData, left on disk (:class:`BackedRows`: read when
+    sliced), validated a block of rows at a time as :func:`_expression` validates it all;
+    and the rows' sums (``float32``, summed in the same pass as a dense ``x.sum(-1)``)."""
+    where = _check_features(adata, registry)
+    matrix = get_counts(adata, registry.layer)
+    sums = np.empty(int(matrix.shape[0]), np.float32)
+    for a, b, stored, dense in dense_blocks(matrix):
+        if registry.count_data:
+            check_count_matrix(stored, count_data=True, where=f"{where} (rows {a}:{b})",
+                               available_layers=list(adata.layers.keys()),
+                               obs_names=adata.obs_names[a:b], var_names=adata.var_names)
+        _check_finite(dense, where, adata.obs_names, a)
+        sums[a:b] = dense.sum(-1)
+    return BackedRows(matrix), sums
+
+
+def _cells_expression(adata, registry: SnapshotRegistry) -> tuple[Any, np.ndarray]:
+    """Expression and library sizes (row sums, at least 1) of cells: a dense array, or for
+    a backed AnnData a :class:`BackedRows` view that is read a chunk of cells at a time."""
+    if is_backed(adata):
+        x, sums = _expression_on_disk(adata, registry)
+    else:
+        x = _expression(adata, registry)
+        sums = x.sum(-1)
+    return x, np.maximum(sums, 1.0)
 
 
 class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
@@ -270,7 +313,9 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
     def _attach(self, adata) -> None:
         reg = self.registry
         self.adata = adata
-        self.x = _expression(adata, reg)
+        # a backed AnnData's expression stays on disk (BackedRows): embedding and to_datatree
+        # read it a chunk of cells at a time; a fit reads it whole (_fit_data)
+        self.x, self._library_size = _cells_expression(adata, reg)
         self.time = check_time_column(adata, reg.time_key)
         self.time_index = reg.steps_of(self.time)
         if reg.perturbation_key is None:
@@ -301,7 +346,10 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         ----------
         adata : anndata.AnnData
             Cells x genes, one measurement per cell. Only ``adata.uns["causalzoo"]`` is
-            written.
+            written. One opened with ``backed="r"`` is validated a block of rows at a time;
+            the model built on it keeps the expression on disk for embedding and
+            ``to_datatree`` (read a chunk of cells at a time), but ``fit`` reads it into
+            memory whole (snapshot mode has no streamed fit).
         time_key : str
             ``obs`` column of time points: numbers >= 0 (e.g. hours), no missing values.
         perturbation_key : str, optional
@@ -363,7 +411,8 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
             feature_names=[str(v) for v in adata.var_names],
             count_data=bool(count_data),
         )
-        _expression(adata, registry)  # validates the values
+        # validates the values (a backed AnnData's a block of rows at a time)
+        (_expression_on_disk if is_backed(adata) else _expression)(adata, registry)
         store = dict(adata.uns.get("causalzoo", {}))
         store[_SETUP_KEY] = registry.to_dict()
         adata.uns["causalzoo"] = store
@@ -411,9 +460,14 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
                 "This model was loaded without data: load it with cz.load(path, adata=...) to "
                 "fit it further."
             )
-        data = {"x": self.x, "u": self.u, "time_index": self.time_index}
+        x = self.x
+        if isinstance(x, BackedRows):
+            # The fit keeps the cells resident (the snapshot model has no streamed fit yet):
+            # a backed AnnData is read whole here, once per fit, and released after it.
+            x = x[0:x.shape[0]]
+        data = {"x": x, "u": self.u, "time_index": self.time_index}
         if self.config.likelihood_block.uses_library:
-            data["library_size"] = np.maximum(self.x.sum(-1), 1.0)
+            data["library_size"] = self._library_size
         return data
 
     # ------------------------------------------------------------------ posterior
@@ -426,7 +480,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
                 guide = handlers.substitute(handlers.seed(snapshot_guide, 0), params)
                 u = jnp.zeros(x.shape[0], jnp.int32)  # the guide's z does not depend on u
                 tr = handlers.trace(guide).get_trace(x=x, u=u, time_index=time_index, **kwargs)
-                z = tr["z"]["fn"].base_dist.loc
+                z = tr["z"]["fn"].mean
                 z_inv = tr["z_inv"]["fn"].base_dist.loc if "z_inv" in tr else z[:, :0]
                 return z, z_inv
 
@@ -447,7 +501,8 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         ----------
         adata : anndata.AnnData, optional
             Cells to embed (default: the training cells); needs the set-up genes and a time
-            column with grid time points.
+            column with grid time points. One opened with ``backed="r"`` (or training cells
+            set up that way) is read a chunk of cells at a time, never whole.
         block : {"dynamic", "invariant"}
             ``"dynamic"``: the causal latents at the cell's time point ``(cells, n_latent)``;
             ``"invariant"``: ``z_inv`` ``(cells, n_latent_invariant)``.
@@ -463,7 +518,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
                 )
             x, steps = self.x, self.time_index
         else:
-            x = _expression(adata, self.registry)
+            x, _ = _cells_expression(adata, self.registry)
             steps = self.registry.steps_of(check_time_column(adata, self.registry.time_key))
         encode = self._encoder()
         n = x.shape[0]
@@ -578,7 +633,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
                     "Count predictions draw library sizes from the training cells: load the "
                     "model with cz.load(path, adata=...)."
                 )
-            lib = rng.choice(np.maximum(self.x.sum(-1), 1.0), size=u.size).astype(np.float32)
+            lib = rng.choice(self._library_size, size=u.size).astype(np.float32)
         else:
             lib = np.ones(u.size, np.float32)
         n_grid = path_length(max(self.n_times, int(steps.max()) + 1), self.config.n_lags)
@@ -634,6 +689,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         self.config = DynamicalConfig.from_dict(meta["config"], networks=networks)
         self.registry = SnapshotRegistry.from_dict(meta["registry"])
         self.adata, self.x, self.u, self.time, self.time_index = None, None, None, None, None
+        self._library_size = None
         if adata is not None:
             self._attach(adata)
         self._restore_fit_state(meta, arrays)

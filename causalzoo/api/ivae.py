@@ -23,6 +23,7 @@ from numpyro.infer import TraceMeanField_ELBO
 
 from .._errors import CausalZooError
 from ..data.anndata import get_counts
+from ..data.streaming import BackedRows, CellSource, dense_blocks, is_backed
 from ..inference import EarlyStopping
 from ..inference.nuts_fit import fit_by_method
 from ..models.ivae import IVAEConfig, ivae_encode, ivae_guide, ivae_model
@@ -144,7 +145,7 @@ def _aux_matrix(adata, registry: IVAERegistry) -> np.ndarray:
     return u
 
 
-def _observations(adata, registry: IVAERegistry) -> np.ndarray:
+def _check_features(adata, registry: IVAERegistry) -> None:
     names = [str(v) for v in adata.var_names]
     if names != registry.feature_names:
         missing = sorted(set(registry.feature_names) - set(names))
@@ -153,15 +154,42 @@ def _observations(adata, registry: IVAERegistry) -> np.ndarray:
             f"(missing: {missing[:5]}); subset and order it as the training data "
             "(adata[:, model.registry.feature_names])."
         )
-    x = _dense(get_counts(adata, registry.layer))
+
+
+def _check_values(x: np.ndarray, registry: IVAERegistry, rows: str = "") -> None:
+    """Checks of dense observations (all of them, or the block of ``rows``)."""
     if not np.all(np.isfinite(x)):
-        raise CausalZooError("The observations contain NaN or infinite values.")
+        raise CausalZooError(f"The observations{rows} contain NaN or infinite values.")
     if registry.count_data and (np.any(x < 0) or np.any(x != np.round(x))):
         raise CausalZooError(
-            "count_data=True but the observations are not non-negative integers; set up "
-            "with count_data=False for continuous values."
+            f"count_data=True but the observations{rows} are not non-negative integers; set "
+            "up with count_data=False for continuous values."
         )
+
+
+def _observations(adata, registry: IVAERegistry) -> np.ndarray:
+    """The observations of ``adata``, dense in memory (a backed AnnData's too: read in
+    blocks, then held whole; :func:`_observations_on_disk` keeps them on disk)."""
+    if is_backed(adata):
+        x, _ = _observations_on_disk(adata, registry)
+        return x[0:x.shape[0]]
+    _check_features(adata, registry)
+    x = _dense(get_counts(adata, registry.layer))
+    _check_values(x, registry)
     return x
+
+
+def _observations_on_disk(adata, registry: IVAERegistry) -> tuple[BackedRows, np.ndarray]:
+    """The observations of a backed AnnData, left on disk (:class:`BackedRows`: read when
+    sliced), validated a block of rows at a time; and the rows' sums (``float32``), summed
+    in the same pass as a dense ``x.sum(-1)`` would."""
+    _check_features(adata, registry)
+    matrix = get_counts(adata, registry.layer)
+    sums = np.empty(int(matrix.shape[0]), np.float32)
+    for a, b, _, dense in dense_blocks(matrix):
+        _check_values(dense, registry, f" (rows {a}:{b})")
+        sums[a:b] = dense.sum(-1)
+    return BackedRows(matrix), sums
 
 
 class IVAE(FittedState):
@@ -215,7 +243,8 @@ class IVAE(FittedState):
         Parameters
         ----------
         adata : anndata.AnnData
-            Cells (points) x features. Only ``adata.uns["causalzoo"]`` is written.
+            Cells (points) x features. Only ``adata.uns["causalzoo"]`` is written. One
+            opened with ``backed="r"`` is validated a block of rows at a time, not loaded.
         aux_key : str
             An ``obs`` column of labels (segment, domain, environment, perturbation; one-hot
             encoded) or an ``obsm`` key holding a ``(cells, n_aux)`` matrix used as is.
@@ -260,7 +289,10 @@ class IVAE(FittedState):
             count_data=bool(count_data),
         )
         _aux_matrix(adata, registry)  # validates labels / matrix
-        _observations(adata, registry)  # validates the values
+        if is_backed(adata):  # validates the values, a block of rows at a time
+            _observations_on_disk(adata, registry)
+        else:
+            _observations(adata, registry)
         store = dict(adata.uns.get("causalzoo", {}))
         store[_SETUP_KEY] = registry.to_dict()
         adata.uns["causalzoo"] = store
@@ -336,6 +368,19 @@ class IVAE(FittedState):
             out["library_size"] = np.maximum(out["x"].sum(-1), 1.0)
         return out
 
+    def _arrays_to_encode(self, adata=None) -> dict[str, Any]:
+        """:meth:`_arrays`, except that a backed AnnData's observations stay on disk
+        (:class:`~causalzoo.data.streaming.BackedRows`, validated a block at a time and read
+        a chunk of points at a time by whoever slices them)."""
+        adata = self.adata if adata is None else adata
+        if adata is None or not is_backed(adata):
+            return self._arrays(adata)
+        x, sums = _observations_on_disk(adata, self.registry)
+        out = {"x": x, "u": _aux_matrix(adata, self.registry)}
+        if self.config.likelihood_block.uses_library:
+            out["library_size"] = np.maximum(sums, 1.0)
+        return out
+
     def _static_kwargs(self) -> dict[str, Any]:
         return {"config": self.config, "n_observed": self.registry.n_observed}
 
@@ -399,6 +444,15 @@ class IVAE(FittedState):
         -------
         IVAE
             ``self``; calling ``fit`` again continues from the current parameters.
+
+        Notes
+        -----
+        On an AnnData opened with ``backed="r"`` the observations stay on disk: they are
+        validated a block at a time and streamed in shuffled chunks of points
+        (:class:`causalzoo.data.CellSource`, default chunk: about 64 MiB of ``float32``
+        rows). With one chunk covering every point and the same ``steps_per_call`` (whose
+        default is one pass over a chunk when streaming, at least 50 steps in memory) the
+        fit is the in-memory fit, bit for bit. ``method="nuts"`` loads them.
         """
         if method != "svi" or nuts_options:  # NUTS with the networks fixed
             return fit_by_method(self, method, seed=seed, **nuts_options)
@@ -410,7 +464,13 @@ class IVAE(FittedState):
                 checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=on_nonfinite,
                 devices=devices,
             )
-        arrays = self._arrays()
+        if self.adata is not None and is_backed(self.adata):
+            # the points stream from disk in shuffled chunks (causalzoo.data.streaming); with
+            # one chunk of all points this is the in-memory fit
+            arrays = self._arrays_to_encode()
+            data = CellSource(arrays["x"].matrix, {k: v for k, v in arrays.items() if k != "x"})
+        else:
+            data = arrays = self._arrays()
         n = arrays["x"].shape[0]
         batch_size = min(128, n) if batch_size is None else batch_size
         check_learning_rates(learning_rate)
@@ -426,7 +486,7 @@ class IVAE(FittedState):
         self._run_svi(
             ivae_model,
             ivae_guide,
-            arrays,
+            data,
             batch_size=batch_size,
             max_steps=max_steps,
             seed=seed,
@@ -494,7 +554,8 @@ class IVAE(FittedState):
         ----------
         adata : anndata.AnnData, optional
             Points to embed (default: the training data); needs the set-up features and
-            auxiliary key.
+            auxiliary key. One opened with ``backed="r"`` is read a chunk of points at a time,
+            never whole.
         give_scale : bool
             Also return the posterior marginal standard deviations.
         write_obsm : bool or str
@@ -502,7 +563,8 @@ class IVAE(FittedState):
         """
         self._require_fit()
         target = self.adata if adata is None else adata
-        loc, scale = self._posterior(self._arrays(target))
+        # a backed AnnData is read a chunk of points at a time (_posterior slices it)
+        loc, scale = self._posterior(self._arrays_to_encode(target))
         if write_obsm:
             key = write_obsm if isinstance(write_obsm, str) else "X_causalzoo"
             target.obsm[key] = loc

@@ -67,6 +67,7 @@ __all__ = [
     "check_matrix_chunked",
     "control_batch_fn",
     "control_pools",
+    "dense_blocks",
     "is_backed",
     "row_sums",
 ]
@@ -446,6 +447,21 @@ class _Feed:
 def is_backed(adata: Any) -> bool:
     """Whether ``adata`` is an AnnData opened with ``backed="r"`` (or ``"r+"``)."""
     return bool(getattr(adata, "isbacked", False))
+
+
+def dense_blocks(matrix: Any, *, rows_per_read: int | None = None):
+    """The rows of an on-disk or in-memory matrix, a block at a time: yields ``(start, stop,
+    stored, dense)``, ``stored`` the block as the matrix returns it (dense or sparse) and
+    ``dense`` the same rows as ``float32``. A whole-data pass (validation, library sizes)
+    that holds one block of rows, not the matrix."""
+    rows_per_read = rows_per_read or _READ_ROWS
+    n = int(matrix.shape[0])
+    for a in range(0, n, rows_per_read):
+        b = min(a + rows_per_read, n)
+        piece = matrix[a:b]
+        dense = (piece.tocsr().astype(np.float32).toarray() if sp.issparse(piece)
+                 else np.asarray(piece, dtype=np.float32))
+        yield a, b, piece, dense
 
 
 def row_sums(matrix: Any, *, rows_per_read: int | None = None) -> np.ndarray:

@@ -107,7 +107,8 @@ def ivae_source(fitted, adata=None) -> PosteriorSource:
     from ..models.ivae import ivae_guide, ivae_model
 
     target = _cells_of(fitted, adata)
-    arrays = fitted._arrays(target)
+    # a backed AnnData's observations stay on disk: the converter reads them a chunk at a time
+    arrays = fitted._arrays_to_encode(target)
     reg, config = fitted.registry, fitted.config
     aux_names = list(reg.categories) or [f"{reg.aux_key}_{j}" for j in range(reg.n_aux)]
     loss = np.asarray(fitted.history.get("loss", np.zeros(0)), dtype=np.float64)
@@ -241,9 +242,10 @@ register_converter("dynamical", dynamical_source)
 
 
 def _snapshot_cells(fitted, adata):
-    """Expression, perturbation codes, time points and grid steps of the cells to analyse:
-    the training cells (``adata=None``) or other cells set up like them."""
-    from ..api.dynamical_snapshot import _expression
+    """Expression, library sizes, perturbation codes, time points and grid steps of the
+    cells to analyse: the training cells (``adata=None``) or other cells set up like them.
+    The expression of a backed AnnData stays on disk (``BackedRows``, read per chunk)."""
+    from ..api.dynamical_snapshot import _cells_expression
     from ..data.validation import check_obs_keys, check_perturbation_column, check_time_column
 
     reg = fitted.registry
@@ -253,7 +255,7 @@ def _snapshot_cells(fitted, adata):
                 "This DynamicalCausalVAE was loaded without its cells: pass them, "
                 "to_datatree(model, adata), or load it with cz.load(path, adata=adata)."
             )
-        return (fitted.x, fitted.u, fitted.time, fitted.time_index,
+        return (fitted.x, fitted._library_size, fitted.u, fitted.time, fitted.time_index,
                 [str(c) for c in fitted.adata.obs_names])
     if not (hasattr(adata, "obs") and hasattr(adata, "var_names")):
         raise CausalZooError(
@@ -263,7 +265,7 @@ def _snapshot_cells(fitted, adata):
                if reg.perturbation_key else "")
             + f"; got {type(adata).__name__}."
         )
-    x = _expression(adata, reg)
+    x, library_size = _cells_expression(adata, reg)
     time = check_time_column(adata, reg.time_key)
     # no extrapolation: the model is scored on the fitted grid (predict() extrapolates)
     steps = reg.steps_of(time, extrapolate=True)
@@ -280,7 +282,7 @@ def _snapshot_cells(fitted, adata):
         check_obs_keys(adata, [reg.perturbation_key], role="perturbation_key")
         check_perturbation_column(adata, reg.perturbation_key)
         u = reg.codes_of(adata.obs[reg.perturbation_key].to_numpy())
-    return x, u, time, steps, [str(c) for c in adata.obs_names]
+    return x, library_size, u, time, steps, [str(c) for c in adata.obs_names]
 
 
 def dynamical_snapshot_source(fitted, adata=None) -> PosteriorSource:
@@ -288,6 +290,7 @@ def dynamical_snapshot_source(fitted, adata=None) -> PosteriorSource:
     snapshot mode (each cell measured once, at its own time point). ``adata`` is ``None``
     (the training cells) or other cells with the set-up genes, time and perturbation
     columns, at time points of the fitted grid."""
+    from ..data.streaming import BackedRows
     from ..models.dynamical_snapshot import (
         N_PARTICLES,
         domain_activity,
@@ -295,12 +298,13 @@ def dynamical_snapshot_source(fitted, adata=None) -> PosteriorSource:
         snapshot_model,
     )
 
-    x, u, time, steps, cell_names = _snapshot_cells(fitted, adata)
+    x, library_size, u, time, steps, cell_names = _snapshot_cells(fitted, adata)
     reg, config = fitted.registry, fitted.config
-    cell_data = {"x": np.asarray(x, np.float32), "u": np.asarray(u, np.int32),
-                 "time_index": np.asarray(steps, np.int32)}
+    # a backed AnnData's expression stays on disk: the converter reads it a chunk at a time
+    cell_data = {"x": x if isinstance(x, BackedRows) else np.asarray(x, np.float32),
+                 "u": np.asarray(u, np.int32), "time_index": np.asarray(steps, np.int32)}
     if config.likelihood_block.uses_library:
-        cell_data["library_size"] = np.maximum(cell_data["x"].sum(-1), 1.0)
+        cell_data["library_size"] = np.asarray(library_size, np.float32)
     k = config.n_latent
     latents = [f"z_{i}" for i in range(k)]
     # 0 for the control domain, whose mechanisms are the base ones whatever `target` says

@@ -334,7 +334,10 @@ def to_datatree(
         E.g. a fitted :class:`causalzoo.SparsePerturbationVAE`.
     adata : anndata.AnnData, optional
         Cells to analyse (default: the training data); held-out cells must be set up like
-        the training data (same genes, keys and vocabularies).
+        the training data (same genes, keys and vocabularies). One opened with
+        ``backed="r"`` (or training cells set up that way) is read a chunk of cells at a
+        time by the built-in hooks of the sparse perturbation model, the iVAE and the
+        dynamical model's snapshot mode.
     num_samples : int
         Variational draws ``S``, laid out as ``(chain=1, draw=S)``.
     seed : int

@@ -379,3 +379,19 @@ def test_save_load_round_trip(fitted, tmp_path):
     np.testing.assert_allclose(attached.get_latent_representation(),
                                m.get_latent_representation(), rtol=1e-6)
     pd.testing.assert_frame_equal(attached.perturbation_targets(), m.perturbation_targets())
+
+
+def test_full_posterior_in_snapshot_mode(tmp_path):
+    """The snapshot guide takes posterior="full" too: one multivariate normal per cell."""
+    x, obs = make_time_course()
+    a = _adata(x, obs)
+    cz.DynamicalCausalVAE.setup_anndata(a, time_key="hours", perturbation_key="pert",
+                                        control="A")
+    m = cz.DynamicalCausalVAE(a, **{**SMALL, "n_latent": 2}, posterior="full")
+    m.fit(max_steps=100, batch_size=120, learning_rate=1e-2, progress=False)
+    loss = m.history["loss"]
+    assert np.isfinite(loss).all() and loss[-10:].mean() < loss[:10].mean()
+    z = m.get_latent_representation()
+    assert z.shape == (x.shape[0], 2) and np.isfinite(z).all()
+    m.save(tmp_path / "full_snap")
+    assert cz.load(tmp_path / "full_snap").config.posterior == "full"
