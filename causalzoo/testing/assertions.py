@@ -92,7 +92,9 @@ def recovery_report(
     ----------
     fit_or_z_hat : array_like or fitted model
         The estimated latents ``(n, d_hat)``, or any object with a
-        ``get_latent_representation()`` method (a fitted ``cz.IVAE``, ...).
+        ``get_latent_representation()`` method (a fitted ``cz.IVAE``, ...). Temporal
+        latents ``(units, steps, d_hat)`` (a fitted ``cz.DynamicalCausalVAE``) are scored
+        with every step of every unit as a point, against truth of the same leading shape.
     data : generator output or array_like
         An object with ``z`` (true latents) and optionally ``x`` (observations), such as
         the output of a ``cz.identifiability.generators`` function, or the true latents.
@@ -113,6 +115,15 @@ def recovery_report(
         raise CausalZooError(f"floor={floor!r} is unknown; use 'max', 'rotation' or 'observations'.")
     z_true, x = _truth(data)
     z_hat = _z_hat(fit_or_z_hat)
+    if z_true.ndim > 2:
+        # temporal latents (units, steps, d): every step of every unit is a point
+        if z_hat.shape[:-1] != z_true.shape[:-1]:
+            raise CausalZooError(
+                f"The estimate has shape {z_hat.shape} but the true latents {z_true.shape}: "
+                "they must agree in every axis but the last."
+            )
+        z_true, z_hat = z_true.reshape(-1, z_true.shape[-1]), z_hat.reshape(-1, z_hat.shape[-1])
+        x = None if x is None else x.reshape(-1, x.shape[-1])
     score, matching = mcc(z_true, z_hat, method=metric, return_matching=True)
     floors = entangled_floor(z_true, n_rotations=n_rotations, seed=seed, x=x, method=metric)
     if floor == "observations" and "observations" not in floors:
