@@ -24,6 +24,7 @@ from numpyro import handlers
 from numpyro.infer import Predictive
 
 from .._errors import CausalZooError
+from ..blocks import _host_sampling
 from ..data import (
     AnnDataRegistry,
     canonical_condition,
@@ -51,6 +52,9 @@ __all__ = ["SparsePerturbationVAE"]
 
 MODEL_NAME = "sparse_perturbation"
 _CHUNK = 2048
+# predict pads its cells to a multiple of this (one compilation for similar sizes); each
+# block of cells draws its counts from its own NumPy stream
+_PREDICT_BLOCK = 256
 
 
 # Jitted encoders/simulators shared across instances, keyed by (name, configuration, genes);
@@ -576,7 +580,9 @@ class SparsePerturbationVAE(FittedState):
         perturbations), ``n_cells`` control cells of the covariate context are drawn (with
         replacement when there are fewer), their ``z_inv`` drawn from ``q(z_inv | x_ctrl)``, the
         design set to the condition, ``z_resp`` drawn from the SCM with a posterior draw of the
-        shifts per cell, and counts sampled from the likelihood.
+        shifts per cell, and counts sampled from the likelihood (for NB, ZINB and Poisson by
+        NumPy's exact samplers on the host, from the parameters the compiled program returns;
+        other likelihoods by their own ``sample``).
 
         Parameters
         ----------
@@ -672,7 +678,18 @@ class SparsePerturbationVAE(FittedState):
         ]
 
     def _build_simulator(self):
+        """The compiled part of :meth:`predict`: per cell, one posterior draw of the global
+        latents, ``z_resp`` from the SCM, and the observation distribution of ``x``.
+
+        It returns ``(x, z_resp)``, where ``x`` is the parameters of a built-in count
+        likelihood (NB, ZINB, Poisson; a dict of ``(cells, genes)`` arrays, sampled on the
+        host by :meth:`_simulate`, :mod:`causalzoo.blocks._host_sampling`), or for any other
+        likelihood the values its own ``sample`` draws.
+        """
         config, kwargs = self.config, self._model_kwargs()
+        # a stand-in observation: the site is conditioned so that the program draws no
+        # counts (JAX's exact count samplers loop per element)
+        x_stand_in = np.zeros((1, kwargs["n_genes"]), np.float32)
 
         def simulate(params, key, z_inv, library_size, design, covariates):
             key_globals, key_cells = jax.random.split(key)
@@ -683,14 +700,26 @@ class SparsePerturbationVAE(FittedState):
             )(key_globals)
 
             def one(key, draw, z, lib, d, c):
-                model = handlers.substitute(
-                    handlers.condition(sparse_perturbation_model, {**draw, "z_inv": z[None]}),
-                    params,
-                )
-                tr = handlers.trace(handlers.seed(model, key)).get_trace(
-                    design=d[None], covariates=c[None], library_size=lib[None], **kwargs
-                )
-                return tr["x"]["value"][0], tr["z_resp"]["value"][0]
+                def trace(conditioned):
+                    model = handlers.substitute(
+                        handlers.condition(sparse_perturbation_model, {**conditioned, **draw}),
+                        params,
+                    )
+                    return handlers.trace(handlers.seed(model, key)).get_trace(
+                        design=d[None], covariates=c[None], library_size=lib[None], **kwargs
+                    )
+
+                tr = trace({"z_inv": z[None], "x": x_stand_in})
+                host = _host_sampling.device_params(tr["x"]["fn"])
+                if host is None:
+                    # the likelihood's own sampler, with the key the site always had (the
+                    # conditioned trace above is dead code in the compiled program)
+                    tr = trace({"z_inv": z[None]})
+                    x = tr["x"]["value"][0]
+                else:
+                    shape = tr["x"]["fn"].shape()
+                    x = {k: jnp.broadcast_to(v, shape)[0] for k, v in host.items()}
+                return x, tr["z_resp"]["value"][0]
 
             keys = jax.random.split(key_cells, z_inv.shape[0])
             return jax.vmap(one)(keys, draws, z_inv, library_size, design, covariates)
@@ -700,10 +729,15 @@ class SparsePerturbationVAE(FittedState):
     def _simulate(self, key, z_inv, library_size, design, covariates):
         """Draw cells from the model with ``z_inv`` given and one posterior draw of the global
         latents per cell; the cell count is padded to a multiple of 256 so that predictions of
-        similar sizes share one compilation."""
+        similar sizes share one compilation.
+
+        Counts of the built-in count likelihoods are drawn on the host from the parameters
+        the compiled program returns, each block of 256 cells with its own NumPy stream
+        seeded by ``key`` (:func:`causalzoo.blocks._host_sampling.draw_cells`).
+        """
         simulate = self._compiled("simulate", self._build_simulator)
         n = z_inv.shape[0]
-        pad = -n % 256
+        pad = -n % _PREDICT_BLOCK
 
         def padded(a):
             return np.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1), mode="edge")
@@ -712,6 +746,13 @@ class SparsePerturbationVAE(FittedState):
             self.params, key, padded(z_inv), padded(library_size), padded(design),
             padded(covariates),
         )
+        if isinstance(x, dict):
+            # NumPy streams seeded by the bits of a key derived from ``key`` (SeedSequence
+            # hashes them: unrelated to JAX's threefry use of ``key`` on the device)
+            seed_bits = np.asarray(jax.random.key_data(jax.random.fold_in(key, 1))).tolist()
+            x = _host_sampling.draw_cells(
+                jax.device_get(x), seed_bits, block=_PREDICT_BLOCK
+            )
         return np.asarray(x)[:n], np.asarray(z_resp)[:n]
 
     # ------------------------------------------------------------------ persistence
