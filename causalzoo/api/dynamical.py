@@ -25,6 +25,7 @@ from numpyro import handlers
 
 from .._errors import CausalZooError
 from ..data.sequences import check_sequence_array, check_unit_labels
+from ..data.streaming import CellSource
 from ..inference import AlignedELBO, EarlyStopping
 from ..models.dynamical import DynamicalConfig, dynamical_guide, dynamical_model
 from ._common import FittedState, check_learning_rates, register_user_class
@@ -272,6 +273,10 @@ class DynamicalCausalVAE(FittedState):
     ) -> DynamicalCausalVAE:
         """Fit by SVI on minibatches of ``batch_size`` units (default ``min(256, n_units)``).
 
+        In snapshot mode, on an AnnData opened with ``backed="r"``, the cells are streamed
+        from disk in shuffled chunks (:class:`causalzoo.data.streaming.CellSource`), never
+        read whole.
+
         Networks and noise scales train with Adam at ``learning_rate``, the global
         variational parameters (lag-graph and target logits, the domains' mean shifts, linear
         transition weights) at ``global_learning_rate`` (default ten times
@@ -308,7 +313,7 @@ class DynamicalCausalVAE(FittedState):
                 on_nonfinite=on_nonfinite, devices=devices,
             )
         data = self._fit_data()
-        n_units = len(data["u"])
+        n_units = data.n_cells if isinstance(data, CellSource) else len(data["u"])
         batch_size = min(256, n_units) if batch_size is None else batch_size
         global_learning_rate = check_learning_rates(learning_rate, global_learning_rate)
         if schedule == "cosine":

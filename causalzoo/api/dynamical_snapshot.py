@@ -3,9 +3,10 @@
 Plumbing over :mod:`causalzoo.models.dynamical_snapshot`. :meth:`SnapshotDynamicalCausalVAE.
 setup_anndata` (also reachable as ``cz.DynamicalCausalVAE.setup_anndata``) validates the time
 and perturbation columns and fixes the time grid; ``cz.DynamicalCausalVAE(adata, **config)``
-then builds a :class:`SnapshotDynamicalCausalVAE`. It fits with cells as the minibatch axis,
-embeds cells (their latent state at their time point), predicts the expression of any
-perturbation at any grid time point, and saves as plain data.
+then builds a :class:`SnapshotDynamicalCausalVAE`. It fits with cells as the minibatch axis (a
+backed AnnData's streamed from disk in shuffled chunks of cells), embeds cells (their latent
+state at their time point), predicts the expression of any perturbation at any grid time
+point, and saves as plain data.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from numpyro.infer import Predictive
 
 from .._errors import CausalZooError
 from ..data.anndata import densify, get_counts
-from ..data.streaming import BackedRows, dense_blocks, is_backed
+from ..data.streaming import BackedRows, CellSource, dense_blocks, is_backed
 from ..data.validation import (
     check_count_matrix,
     check_nonempty,
@@ -272,6 +273,15 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
     and perturbation targets are read as in sequence mode (:meth:`lag_graph`,
     :meth:`perturbation_targets`).
 
+    On an AnnData opened with ``anndata.read_h5ad(path, backed="r")`` the expression stays
+    on disk: set-up validates it a block of rows at a time, ``fit`` streams it in shuffled
+    chunks of cells (:class:`causalzoo.data.CellSource`; default chunk: about 64 MiB of
+    ``float32`` rows, at least 1,024 cells or all of them), and
+    :meth:`get_latent_representation` and :meth:`to_datatree` read it a chunk of cells at a
+    time. With one chunk covering every cell and the same ``steps_per_call`` (whose default
+    is one pass over a chunk when streaming, at least 50 steps in memory) the fit is the
+    in-memory fit, bit for bit.
+
     Parameters
     ----------
     adata : anndata.AnnData
@@ -314,7 +324,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         reg = self.registry
         self.adata = adata
         # a backed AnnData's expression stays on disk (BackedRows): embedding and to_datatree
-        # read it a chunk of cells at a time; a fit reads it whole (_fit_data)
+        # read it a chunk of cells at a time, and a fit streams it in chunks (_fit_data)
         self.x, self._library_size = _cells_expression(adata, reg)
         self.time = check_time_column(adata, reg.time_key)
         self.time_index = reg.steps_of(self.time)
@@ -347,9 +357,9 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         adata : anndata.AnnData
             Cells x genes, one measurement per cell. Only ``adata.uns["causalzoo"]`` is
             written. One opened with ``backed="r"`` is validated a block of rows at a time;
-            the model built on it keeps the expression on disk for embedding and
-            ``to_datatree`` (read a chunk of cells at a time), but ``fit`` reads it into
-            memory whole (snapshot mode has no streamed fit).
+            the model built on it keeps the expression on disk: ``fit`` streams it in
+            shuffled chunks of cells, embedding and ``to_datatree`` read it a chunk of cells
+            at a time.
         time_key : str
             ``obs`` column of time points: numbers >= 0 (e.g. hours), no missing values.
         perturbation_key : str, optional
@@ -454,21 +464,24 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
     def _program(self):
         return snapshot_model, snapshot_guide
 
-    def _fit_data(self) -> dict[str, np.ndarray]:
+    def _fit_data(self) -> dict[str, np.ndarray] | CellSource:
+        """The cells ``fit_svi`` minibatches: arrays in memory, or for a backed AnnData a
+        :class:`~causalzoo.data.streaming.CellSource` that streams the expression from disk
+        in shuffled chunks of cells (the per-cell labels, time steps and library sizes stay
+        in memory)."""
         if self.x is None:
             raise CausalZooError(
                 "This model was loaded without data: load it with cz.load(path, adata=...) to "
                 "fit it further."
             )
-        x = self.x
-        if isinstance(x, BackedRows):
-            # The fit keeps the cells resident (the snapshot model has no streamed fit yet):
-            # a backed AnnData is read whole here, once per fit, and released after it.
-            x = x[0:x.shape[0]]
-        data = {"x": x, "u": self.u, "time_index": self.time_index}
+        cells = {"u": self.u, "time_index": self.time_index}
         if self.config.likelihood_block.uses_library:
-            data["library_size"] = self._library_size
-        return data
+            cells["library_size"] = self._library_size
+        if isinstance(self.x, BackedRows):
+            # never read whole; with one chunk of all cells (the default up to 1,024 cells or
+            # about 64 MiB of float32 rows) and the same steps_per_call, the in-memory fit
+            return CellSource(self.x.matrix, cells)
+        return {"x": self.x, **cells}
 
     # ------------------------------------------------------------------ posterior
     def _encoder(self):

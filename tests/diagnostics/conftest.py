@@ -165,3 +165,103 @@ def sparse_nuts(fitted):
 def time_course_factory():
     """``make_time_course`` itself, for tests that fit their own snapshot model."""
     return make_time_course
+
+
+# ---------------------------------------------------------------- backed AnnData reads
+
+ROWS_PER_READ = 32  # streaming._READ_ROWS under x_reads (patched down from 4,096)
+
+
+class XReads:
+    """What the ``x_reads`` spy saw of a backed file's ``X``.
+
+    ``chunks``: rows per slice of a :class:`~causalzoo.data.streaming.BackedRows` (the chunks
+    that the converters and the encoders take); ``file``: values per h5py read of ``/X``
+    (dense) or ``/X/data`` (CSR), whoever reads them (validation blocks and streamed fits
+    included); ``rows_per_read``: the validation block, in rows.
+    """
+
+    rows_per_read = ROWS_PER_READ
+
+    def __init__(self):
+        self.chunks: list[int] = []
+        self.file: list[int] = []
+
+    def clear(self) -> None:
+        self.chunks.clear()
+        self.file.clear()
+
+    def assert_file_bounded(self, n_genes: int, rows: int = ROWS_PER_READ) -> None:
+        """Every h5py read of ``X`` since the last :meth:`clear` held at most ``rows`` rows."""
+        assert self.file and max(self.file) <= rows * n_genes
+
+    def assert_bounded(self, n_cells: int, n_genes: int, chunk: int) -> None:
+        """Every file read within one validation block; the view read each of the
+        ``n_cells`` rows once, at most ``chunk`` rows at a time."""
+        self.assert_file_bounded(n_genes)
+        assert self.chunks and max(self.chunks) <= chunk
+        assert sum(self.chunks) == n_cells
+
+
+@pytest.fixture
+def x_reads(monkeypatch):
+    """Records how much of a backed file's ``X`` each access reads (an :class:`XReads`), and
+    fails on a read of the whole matrix: ``numpy.asarray`` of ``/X`` or ``/X/data`` (and
+    ``read_direct``) raises. Patches ``streaming._READ_ROWS`` to :data:`ROWS_PER_READ`."""
+    import h5py
+
+    from causalzoo.data import streaming
+
+    reads = XReads()
+    real_slice = streaming.BackedRows.__getitem__
+    real_get = h5py.Dataset.__getitem__
+    real_array = h5py.Dataset.__array__
+    real_direct = h5py.Dataset.read_direct
+
+    def is_x(dataset):
+        return dataset.name in ("/X", "/X/data")
+
+    def chunk_spy(self, key):
+        if isinstance(key, slice):
+            reads.chunks.append(len(self.rows[key]))
+        return real_slice(self, key)
+
+    def get_spy(self, args, *more, **kwargs):
+        out = real_get(self, args, *more, **kwargs)
+        if is_x(self):
+            reads.file.append(int(np.size(out)))
+        return out
+
+    def whole(real):
+        def guard(self, *args, **kwargs):
+            if is_x(self):
+                raise AssertionError(f"read {self.name} {self.shape} whole")
+            return real(self, *args, **kwargs)
+        return guard
+
+    monkeypatch.setattr(streaming, "_READ_ROWS", ROWS_PER_READ)
+    monkeypatch.setattr(streaming.BackedRows, "__getitem__", chunk_spy)
+    monkeypatch.setattr(h5py.Dataset, "__getitem__", get_spy)
+    monkeypatch.setattr(h5py.Dataset, "__array__", whole(real_array))
+    monkeypatch.setattr(h5py.Dataset, "read_direct", whole(real_direct))
+    return reads
+
+
+@pytest.fixture
+def open_backed(tmp_path):
+    """``open_backed(adata)``: ``adata`` written to an h5ad file under ``tmp_path`` and opened
+    with ``backed="r"`` (each call a new file; all closed at teardown)."""
+    import anndata
+
+    opened = []
+
+    def open_(adata):
+        path = tmp_path / f"backed{len(opened)}.h5ad"
+        adata.write_h5ad(path)
+        backed = anndata.read_h5ad(path, backed="r")
+        opened.append(backed)
+        return backed
+
+    yield open_
+    for backed in opened:
+        backed.file.close()

@@ -196,39 +196,21 @@ def test_errors(adata, fitted, small):
 
 
 def test_backed_anndata_is_read_a_chunk_at_a_time(fitted, adata, datatree, n_draws, chunk,
-                                                  tmp_path, monkeypatch):
-    """An AnnData opened with backed="r": every row is read once, a chunk at a time (never
-    the whole matrix), and the DataTree equals the in-memory one."""
-    import anndata
-
-    from causalzoo.data import streaming
-
-    path = tmp_path / "cells.h5ad"
-    adata.write_h5ad(path)
-    backed = anndata.read_h5ad(path, backed="r")
-    reads = []
-    real_getitem = streaming.BackedRows.__getitem__
-
-    def spy(self, key):
-        if isinstance(key, slice):
-            reads.append(len(self.rows[key]))
-        return real_getitem(self, key)
-
-    def no_whole_matrix(matrix, *args, **kwargs):
-        raise AssertionError(f"densified the whole matrix {matrix.shape}")
-
-    monkeypatch.setattr(streaming.BackedRows, "__getitem__", spy)
-    monkeypatch.setattr("causalzoo.data.anndata.densify", no_whole_matrix)
+                                                  x_reads, open_backed):
+    """An AnnData opened with backed="r": every row is read once, a chunk at a time, every
+    file read within one validation block (never the whole matrix), and the DataTree equals
+    the in-memory one."""
+    backed = open_backed(adata)
     dt = to_datatree(fitted, backed, num_samples=n_draws, seed=0, chunk_size=chunk)
-    assert reads and max(reads) <= chunk and sum(reads) == adata.n_obs
+    x_reads.assert_bounded(*adata.shape, chunk)
     for group in ("posterior", "posterior_predictive", "log_likelihood", "observed_data",
                   "constant_data"):
         assert dt[group].to_dataset().identical(datatree[group].to_dataset()), group
     np.testing.assert_array_equal(dt["sample_stats"]["log_weight"],
                                   datatree["sample_stats"]["log_weight"])
-    reads.clear()
+    x_reads.clear()
     bare = to_datatree(fitted, backed, num_samples=n_draws, seed=0, chunk_size=chunk,
                        observed_data=False, posterior_predictive=False)
-    assert "observed_data" not in bare.children and sum(reads) == adata.n_obs
+    assert "observed_data" not in bare.children
+    x_reads.assert_bounded(*adata.shape, chunk)
     np.testing.assert_array_equal(bare["log_likelihood"]["x"], datatree["log_likelihood"]["x"])
-    backed.file.close()
