@@ -299,7 +299,7 @@ def _clocked(*namespaces):
     try:
         yield
     finally:
-        for ns, old in zip(namespaces, saved):
+        for ns, old in zip(namespaces, saved, strict=True):
             ns["tqdm"] = old
 
 
@@ -325,7 +325,7 @@ def grab_run_call(data, cfg, batch, steps_per_call, seed, cond=True):
     if not cond:
         src = src.replace(_COND_LINE, "new_state, value = step(state)")
     ns = dict(vars(svi_mod), _Grab=_Grab)
-    exec(compile(src, "<fit_svi copy>", "exec"), ns)  # noqa: S102
+    exec(compile(src, "<fit_svi copy>", "exec"), ns)
     try:
         ns["fit_svi"](sparse_perturbation_model, sparse_perturbation_guide, data, batch_size=batch,
                       max_steps=steps_per_call, seed=seed, learning_rate=LEARNING_RATE,
@@ -588,7 +588,7 @@ def fused_sparse_guide(x=None, design=None, covariates=None, library_size=None, 
     firsts = (both[:, :width] + inv.hidden[0].bias[...],
               both[:, width:] + design @ resp.hidden[0].kernel[...][n_genes:] + resp.hidden[0].bias[...])
     outs = []
-    for net, v in zip(nets, firsts):
+    for net, v in zip(nets, firsts, strict=True):
         for i in range(len(net.hidden)):
             v = net.hidden[i](v) if i else v
             v = net.activation(net.norms[i](v))
@@ -700,8 +700,8 @@ def run_engine(name, model, guide, data, cfg, batch, repeats, steps_per_call, se
     note = ""
     per_call = clock is not None and len(clock.stamps) == repeats + 2
     if per_call and all(c == steps_per_call for c in clock.counts):
-        windows = [steps_per_call * batch / (b - a) for a, b in zip(clock.stamps[1:-1], clock.stamps[2:])]
-        cpu = [steps_per_call * batch / (b - a) for a, b in zip(clock.cpu[1:-1], clock.cpu[2:])]
+        windows = [steps_per_call * batch / (b - a) for a, b in zip(clock.stamps[1:-1], clock.stamps[2:], strict=True)]
+        cpu = [steps_per_call * batch / (b - a) for a, b in zip(clock.cpu[1:-1], clock.cpu[2:], strict=True)]
     else:
         steady = res.run_seconds - res.compile_seconds
         windows = [(res.n_steps - steps_per_call) * batch / steady]
@@ -835,10 +835,10 @@ def print_table(headers, rows):
     """A Markdown table; a row's cells beyond the headers are printed after it as a note."""
     rows = [[str(c) for c in row] for row in rows]
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
-        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        cells = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False))]
         print("| " + " | ".join(cells) + " |" + "".join(f"  {c}" for c in row[len(headers):]))
 
 
@@ -952,8 +952,8 @@ def main(argv=None):
           f"{r['cells_per_s']:,.0f} ({r['cells_per_s_min']:,.0f}-{r['cells_per_s_max']:,.0f})",
           f"{r['ratio_to_ref_a']:.2f}", f"{r['cells_per_cpu_s']:,.0f}", f"{r['init_s']:.1f}",
           f"{r['first_call_s']:.1f}",
-          f"{r['trace_lower_s'] + r['xla_compile_s']:.1f} "
-          f"({r['trace_lower_s']:.1f} / {r['xla_compile_s']:.1f})",
+          (f"{r['trace_lower_s'] + r['xla_compile_s']:.1f} "
+           f"({r['trace_lower_s']:.1f} / {r['xla_compile_s']:.1f})"),
           f"{r['macs_per_cell'] * 6 / 1e6:.2f}", f"{r['gflops']:.1f}", f"{100 * r['roofline_fraction']:.1f}%"]
          + ([r["note"]] if r["note"] else []) for r in rows])
     ablations = []
@@ -965,8 +965,8 @@ def main(argv=None):
             ["variant", "cells/s median (min-max)", "vs first", "cells/CPU-s", "compile s",
              "all-skipped call ms"],
             [[r["variant"],
-              f"{r['cells_per_s']:,.0f} ({min(r['windows_cells_per_s']):,.0f}-"
-              f"{max(r['windows_cells_per_s']):,.0f})",
+              (f"{r['cells_per_s']:,.0f} ({min(r['windows_cells_per_s']):,.0f}-"
+               f"{max(r['windows_cells_per_s']):,.0f})"),
               f"{r['ratio_to_first']:.3f}", f"{r['cells_per_cpu_s']:,.0f}", f"{r['compile_s']:.1f}",
               "n/a" if r["all_skipped_call_ms"] is None else f"{r['all_skipped_call_ms']:.1f}"]
              for r in ablations])

@@ -283,7 +283,7 @@ class Worker:
     def __init__(self, name, cmd, log_dir):
         self.name = name
         self.log_path = Path(log_dir) / f"{name}.stderr.txt"
-        self.log = open(self.log_path, "w")  # noqa: SIM115
+        self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.log, text=True, bufsize=1)
         self.events: list[dict] = []
@@ -480,11 +480,11 @@ def fmt(value, spec, missing="n/a"):
 def print_table(headers, rows):
     rows = [[str(c) for c in row] for row in rows]
     widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
-    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in rows:
         print("| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                                for i, (c, w) in enumerate(zip(row, widths))) + " |")
+                                for i, (c, w) in enumerate(zip(row, widths, strict=False))) + " |")
 
 
 def report_batch(a, batch, rows, loads, gemm_peak, csv_rows):
@@ -663,7 +663,7 @@ def main(argv=None):
     meta.update(loadavg_end=os.getloadavg(), uptime_end=_uptime())
     total = time.perf_counter() - t_start
     report["total_seconds"] = total
-    print(f"\n# MFLOP/cell = 6 x forward MACs of the dense layers (forward + backward ~ 3x forward); "
+    print("\n# MFLOP/cell = 6 x forward MACs of the dense layers (forward + backward ~ 3x forward); "
           "roof % = GFLOP/s over the best fp32 GEMM rate measured up to the end of that batch")
     print("# 1st call s: set-up to the end of the first compiled call (engine: init + compile + one "
           "window of steps; others: first step, where torch.compile compiles); XLA compile s: "

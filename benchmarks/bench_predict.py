@@ -148,7 +148,7 @@ def bench(model, held, n_cells, rounds):
     times = {name: {"wall": [], "cpu": []} for name in variants}
     for r in range(rounds):
         for name, fn in variants.items():
-            _, wall, cpu = timed(lambda fn=fn: fn(r + 1))
+            _, wall, cpu = timed(lambda fn=fn, r=r: fn(r + 1))
             times[name]["wall"].append(wall)
             times[name]["cpu"].append(cpu)
     return {"cells_per_condition": n_cells, "cells": n_cells * len(held),

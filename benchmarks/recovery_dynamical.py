@@ -90,7 +90,7 @@ def with_noise(data, noise: str, seed: int):
         eps = rng.laplace(0.0, 1.0 / np.sqrt(2.0), size=sigma.shape) * sigma
         if data.name == "leap_nonstationary":
             b = data.transition[0]
-            drive = sum(_leaky_relu(z[:, t - l - 1] @ b[l]) for l in range(lags))
+            drive = sum(_leaky_relu(z[:, t - lag - 1] @ b[lag]) for lag in range(lags))
             z[:, t] = _leaky_relu(drive + eps)
         else:  # tdrl_changing
             drive = np.einsum("nli,nlij->nj", z[:, t - lags:t][:, ::-1], data.transition[u])

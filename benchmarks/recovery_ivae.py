@@ -73,7 +73,8 @@ def main(argv=None):
     keys = list(rows[0])
     print("  ".join(f"{k:>20}" for k in keys))
     for row in rows:
-        print("  ".join(f"{v:>20.3f}" if isinstance(v, float) else f"{v:>20}" for v in row.values()))
+        print("  ".join(f"{v:>20.3f}" if isinstance(v, float) else f"{v:>20}"
+                        for v in row.values()))
     return rows
 
 

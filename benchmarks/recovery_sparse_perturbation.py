@@ -119,7 +119,8 @@ def main():
     keys = list(rows[0])
     print("  ".join(f"{k:>18}" for k in keys))
     for row in rows:
-        print("  ".join(f"{v:>18.3f}" if isinstance(v, float) else f"{v:>18}" for v in row.values()))
+        print("  ".join(f"{v:>18.3f}" if isinstance(v, float) else f"{v:>18}"
+                        for v in row.values()))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ in-memory AnnData of the same counts; ``n_latent=10, n_hidden=128, n_layers=2``,
 ``eps`` and no weight decay; what still differs from the loop above is scvi-tools' own: the
 encoder's variance is ``exp(raw) + 1e-4`` rather than the scale ``softplus(raw) + 1e-4``,
 the decoder also computes its zero-inflation head, the inverse dispersion starts at
-``exp(N(0, 1))`` rather than ``exp(2)``, and the loss is the mean over the minibatch). ``torch.set_num_threads`` is left at its default unless ``--threads`` is given.
+``exp(N(0, 1))`` rather than ``exp(2)``, and the loss is the mean over the minibatch).
+``torch.set_num_threads`` is left at its default unless ``--threads`` is given.
 
 Timing protocol (the same as the JAX workers of ``bench_peers.py``): set-up (build, first
 step: the compile time of ``torch.compile``), one untimed warm-up window, then timed windows
@@ -49,6 +50,7 @@ minibatches and, in worker mode, waits on stdin between windows (outside the tim
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -83,7 +85,7 @@ class MLP(nn.Module):
         super().__init__()
         widths = [n_in] + [n_hidden] * n_layers
         blocks = []
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in itertools.pairwise(widths):
             blocks += [nn.Linear(a, b), nn.LayerNorm(b), nn.ReLU()]
         blocks.append(nn.Linear(widths[-1], n_out))
         self.net = nn.Sequential(*blocks)
@@ -242,7 +244,7 @@ def start_worker(args):
 
 def run(args):
     if args.variant == "pyro":
-        import pyro  # noqa: F401  (import time is not set-up time)
+        import pyro  # imported here: import time is not set-up time
     started = start_worker(args)
     if started is None:
         return
@@ -378,7 +380,8 @@ def run_scvi(args):
                 self.cells, self.losses = 0, []
                 self.t_go, self.c_go = time.perf_counter(), time.process_time()
 
-    epochs = 2 + (10**6 if args.worker else args.windows) * args.steps // max(1, n_cells // args.batch)
+    n_timed = 10**6 if args.worker else args.windows
+    epochs = 2 + n_timed * args.steps // max(1, n_cells // args.batch)
     info["t_train"] = time.perf_counter()
     model.train(max_epochs=epochs, batch_size=args.batch, train_size=1.0,
                 accelerator="cpu", devices=1, early_stopping=False,

@@ -42,7 +42,8 @@ def flatten_params(params: dict[str, Any]) -> tuple[dict[str, np.ndarray], list]
         keys = []
         for entry in path:
             key = entry.key
-            keys.append(["int", int(key)] if isinstance(key, (int, np.integer)) else ["str", str(key)])
+            keys.append(["int", int(key)] if isinstance(key, (int, np.integer))
+                        else ["str", str(key)])
         arrays[f"p{i}"] = np.asarray(leaf)
         paths.append(keys)
     return arrays, paths

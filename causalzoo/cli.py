@@ -48,8 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fit the sparse perturbation model on the bundled Norman 2019 subset, predict "
         "held-out combinations, compare with the additive baseline, write plots",
     )
-    demo.add_argument("--out", default="causalzoo-demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="SVI steps (default: %(default)s)")
+    demo.add_argument("--out", default="causalzoo-demo",
+                      help="output folder (default: %(default)s)")
+    demo.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                      help="SVI steps (default: %(default)s)")
     demo.add_argument("--cells", type=int, default=500,
                       help="predicted cells per held-out combination (default: %(default)s)")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")

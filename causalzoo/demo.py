@@ -153,14 +153,16 @@ def run_demo(
 
     lognorm = log_normalize(adata.X)
     means = condition_means(lognorm, canonical)
-    pred_means = condition_means(log_normalize(pred.layers["counts"]), pred.obs["condition"].astype(str))
+    pred_means = condition_means(log_normalize(pred.layers["counts"]),
+                                 pred.obs["condition"].astype(str))
     additive = additive_baseline(means, "control", held)
     no_change = no_change_baseline(means, "control", held)
 
     import anndata
 
     lognorm_adata = anndata.AnnData(
-        X=lognorm, obs=pd.DataFrame({"condition": pd.Categorical(canonical)}, index=adata.obs_names),
+        X=lognorm,
+        obs=pd.DataFrame({"condition": pd.Categorical(canonical)}, index=adata.obs_names),
         var=adata.var[[]].assign(gene=adata.var_names),
     )
     rows, deltas = [], {}
@@ -183,7 +185,7 @@ def run_demo(
     model.save(out / "model", overwrite=True)
     pred.write_h5ad(out / "predictions.h5ad")
     table = summary[["pearson_delta", "mse_de", "pearson_delta_de", "direction_errors_de"]]
-    echo("\nHeld-out combinations, mean over the %d (log-normalised means):" % len(held))
+    echo(f"\nHeld-out combinations, mean over the {len(held)} (log-normalised means):")
     echo(table.to_string(float_format=lambda v: f"{v:.4f}"))
     echo("\nper combination (Pearson-delta / top-20-DE MSE):")
     wide = scores[["pearson_delta", "mse_de"]].unstack("method")

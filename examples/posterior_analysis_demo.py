@@ -186,7 +186,9 @@ def main(argv=None) -> dict:
     # 97.5%; on genes with a mean of at least 0.1 counts (rarer genes have so few non-zero
     # counts that their p-values are mostly ties)
     expressed = ppc["mean"].values >= 0.1
-    extreme = lambda p: float(((p < 0.025) | (p > 0.975)).mean())
+
+    def extreme(p):
+        return float(((p < 0.025) | (p > 0.975)).mean())
 
     # 5. LOO on the training cells; held-out combinations against a simpler configuration
     with warnings.catch_warnings():

@@ -198,7 +198,8 @@ class SparsePerturbationVAE(FittedState):
                 )
             if not np.isin(u, (0, 1)).all():
                 raise CausalZooError("A design matrix u must be multi-hot (0/1 entries).")
-            labels = ["+".join(n for n, on in zip(names, row) if on) or "control" for row in u]
+            labels = ["+".join(n for n, on in zip(names, row, strict=True) if on) or "control"
+                      for row in u]
         elif u.ndim == 1:
             labels = [str(v) for v in u]
         else:
@@ -268,7 +269,8 @@ class SparsePerturbationVAE(FittedState):
         Networks train with Adam at ``learning_rate``; the global variational parameters
         (masks, effects, SCM weights) at ``global_learning_rate`` (default ten times
         ``learning_rate``), see :func:`causalzoo.inference.two_speed_adam`. Early stopping on
-        a plateau of the training loss is on by default (:class:`~causalzoo.inference.EarlyStopping`).
+        a plateau of the training loss is on by default
+        (:class:`~causalzoo.inference.EarlyStopping`).
 
         Continues from the current parameters when called again. Returns ``self``; the loss
         history is in ``self.history["loss"]`` (negative ELBO per step, plus the alignment
@@ -673,7 +675,8 @@ class SparsePerturbationVAE(FittedState):
         reg = self.registry
         _, contexts = _context_ids(self.reference["covariate_codes"])
         return [
-            {k: reg.covariate_categories[k][c] for k, c in zip(reg.covariate_keys, row)}
+            {k: reg.covariate_categories[k][c]
+             for k, c in zip(reg.covariate_keys, row, strict=True)}
             for row in contexts
         ]
 

@@ -9,6 +9,7 @@ particles and under ``vmap``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import jax
@@ -69,7 +70,7 @@ class MLP(nnx.Module):
     ):
         widths = [in_features] + [n_hidden] * n_layers
         self.hidden = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(widths[:-1], widths[1:])]
+            [nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(widths)]
         )
         self.norms = nnx.List(
             [nnx.LayerNorm(n_hidden, rngs=rngs) for _ in range(n_layers)] if layer_norm else []

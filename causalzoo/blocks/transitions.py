@@ -196,7 +196,7 @@ def lag_windows(value, n_lags: int):
     """
     n_steps = jnp.shape(value)[-2]
     return jnp.stack(
-        [value[..., n_lags - l : n_steps - l, :] for l in range(1, n_lags + 1)], axis=-2
+        [value[..., n_lags - lag : n_steps - lag, :] for lag in range(1, n_lags + 1)], axis=-2
     )
 
 

@@ -97,7 +97,8 @@ def _runs(rows: np.ndarray) -> list[tuple[int, int, int]]:
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     starts = np.concatenate([[0], breaks])
     stops = np.concatenate([breaks, [rows.size]])
-    return [(int(a), int(rows[a]), int(rows[b - 1]) + 1) for a, b in zip(starts, stops)]
+    return [(int(a), int(rows[a]), int(rows[b - 1]) + 1)
+            for a, b in zip(starts, stops, strict=True)]
 
 
 class CellSource:
@@ -235,7 +236,7 @@ class CellSource:
                 f"{is_control.dtype} and shape {is_control.shape}."
             )
         if (context.shape != (self.n_cells,) or context.dtype.kind not in "iu"
-                or context.size and context.min() < 0):
+                or (context.size and context.min() < 0)):
             raise CausalZooError(
                 f"context must be an array of {self.n_cells} integer context ids >= 0; got "
                 f"dtype {context.dtype} and shape {context.shape}."

@@ -47,7 +47,7 @@ def sparse_perturbation_source(fitted, adata=None) -> PosteriorSource:
         "latents_invariant": [f"z_inv_{k}" for k in range(k_inv)],
         "latents_response": [f"z_resp_{k}" for k in range(k_resp)],
         "covariate_levels": covariate_names,
-        "scm_edges": [f"z_resp_{c}->z_resp_{r}" for r, c in zip(rows, cols)],
+        "scm_edges": [f"z_resp_{c}->z_resp_{r}" for r, c in zip(rows, cols, strict=True)],
     }
     cell_data = {k: arrays[k] for k in ("x", "design", "covariates", "library_size")}
 

@@ -221,8 +221,9 @@ def compare_posteriors(
             values = values.reshape(-1, *values.shape[2:])
             flat[f"mean_{tag}"] = values.mean(0).reshape(-1)
             flat[f"sd_{tag}"] = values.std(0).reshape(-1)
-        def label(idx, dims=dims, vr=vr):
-            parts = [str(vr[d].values[i]) if d in vr.coords else str(i) for d, i in zip(dims, idx)]
+        def label(idx, dims=dims, vr=vr, name=name):
+            parts = [str(vr[d].values[i]) if d in vr.coords else str(i)
+                     for d, i in zip(dims, idx, strict=True)]
             return f"{name}[{', '.join(parts)}]" if parts else name
 
         labels = [label(idx) for idx in np.ndindex(*[vr.sizes[d] for d in dims])]

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,7 +113,9 @@ class PosteriorSource:
     cell_names: Sequence[str] | None = None
     constant_data: dict[str, tuple[Sequence[str], np.ndarray]] = field(default_factory=dict)
     sample_stats: dict[str, tuple[Sequence[str], np.ndarray]] = field(default_factory=dict)
-    derived: Callable[[dict[str, np.ndarray]], dict[str, tuple[Sequence[str], np.ndarray]]] | None = None
+    derived: (
+        Callable[[dict[str, np.ndarray]], dict[str, tuple[Sequence[str], np.ndarray]]] | None
+    ) = None
     attrs: dict[str, Any] = field(default_factory=dict)
     cell_floats: int | None = None
 
@@ -535,13 +537,15 @@ def draws_to_datatree(
         for key, value in cat.items():
             if key.startswith("local:"):
                 name = key.split(":", 1)[1]
-                posterior[name] = (_dims_of(name, value.shape[2:], plates.get(name, []), src), value)
+                dims = _dims_of(name, value.shape[2:], plates.get(name, []), src)
+                posterior[name] = (dims, value)
     if src.derived is not None:
         arrays = {k: v[1] for k, v in posterior.items()}
         for name, (dims, value) in src.derived(arrays).items():
             posterior[name] = (["chain", "draw", *dims], np.asarray(value))
 
-    obs_dims = [cells, *src.event_dims.get(obs, [f"{obs}_dim_{i}" for i in range(first[obs].ndim - 1)])]
+    default_dims = [f"{obs}_dim_{i}" for i in range(first[obs].ndim - 1)]
+    obs_dims = [cells, *src.event_dims.get(obs, default_dims)]
     if log_likelihood == "conditional":
         ll = (["chain", "draw", *obs_dims], cat["log_lik"])
     else:

@@ -88,7 +88,8 @@ def plot_count_ppc(dt, var_name: str = "x"):
     keep = (mean > 0) & (var > 0)
     ax.vlines(mean[keep], np.maximum(lo[keep], 1e-3), np.maximum(hi[keep], 1e-3), color="C1",
               alpha=0.4, lw=1, label="replicated 89%")
-    ax.scatter(rep_mean[keep], np.maximum(rep_var[keep], 1e-3), s=8, color="C1", label="replicated median")
+    ax.scatter(rep_mean[keep], np.maximum(rep_var[keep], 1e-3), s=8, color="C1",
+               label="replicated median")
     ax.scatter(mean[keep], var[keep], s=8, color="C0", label="observed")
     grid = np.geomspace(max(mean[keep].min(), 1e-3), mean[keep].max(), 50) if keep.any() else None
     if grid is not None:
@@ -162,7 +163,7 @@ def plot_perturbation_heatmap(mask=None, shift=None, *, dt=None):
         1, len(panels), figsize=(len(panels) * (0.45 * cols + 2.8), 0.25 * rows + 1.8),
         squeeze=False,
     )
-    for ax, (name, frame) in zip(axes[0], panels):
+    for ax, (name, frame) in zip(axes[0], panels, strict=True):
         values = frame.to_numpy(dtype=float)
         if name == "mask":
             im = ax.imshow(values, vmin=0, vmax=1, cmap="viridis", aspect="auto")
@@ -172,7 +173,8 @@ def plot_perturbation_heatmap(mask=None, shift=None, *, dt=None):
             im = ax.imshow(values, vmin=-lim, vmax=lim, cmap="RdBu_r", aspect="auto")
             ax.set_title("posterior mean shift", fontsize=9)
         ax.set_yticks(range(frame.shape[0]), [str(i) for i in frame.index], fontsize=7)
-        ax.set_xticks(range(frame.shape[1]), [str(c) for c in frame.columns], rotation=90, fontsize=7)
+        ax.set_xticks(range(frame.shape[1]), [str(c) for c in frame.columns], rotation=90,
+                      fontsize=7)
         fig.colorbar(im, ax=ax, fraction=0.05)
     fig.tight_layout()
     return fig
@@ -183,9 +185,9 @@ def plot_latent_correlation(z_true, z_hat, *, method: str = "spearman", true_nam
     """``|corr|`` between every true and every estimated latent, columns reordered by the
     Hungarian matching (so a perfect recovery is a bright diagonal), with the MCC in the
     title."""
-    from ..identifiability import correlation_matrix, mcc
-
     from scipy.optimize import linear_sum_assignment
+
+    from ..identifiability import correlation_matrix, mcc
 
     z_true, z_hat = np.asarray(z_true), np.asarray(z_hat)
     if z_true.ndim != 2 or z_hat.ndim != 2 or z_true.shape[0] != z_hat.shape[0]:
@@ -242,7 +244,7 @@ def plot_latent_graph(weights, *, names: Sequence[str] | None = None, threshold:
                                     shrinkA=8, shrinkB=8),
                 )
     ax.scatter(pos[:, 0], pos[:, 1], s=600, color="white", edgecolor="black", zorder=3)
-    for p, name in zip(pos, names):
+    for p, name in zip(pos, names, strict=False):
         ax.text(p[0], p[1], name, ha="center", va="center", fontsize=7, zorder=4)
     ax.set(xlim=(-1.3, 1.3), ylim=(-1.3, 1.3), aspect="equal")
     ax.axis("off")

@@ -143,8 +143,8 @@ def write_report(
     if hasattr(model, "mask_probability") and hasattr(model, "shift"):
         fig = plot_perturbation_heatmap(model.mask_probability(), model.shift())
         sections += ["## Perturbation effects", "",
-                     "Posterior probability that each perturbation targets each response "
-                     "latent, and its posterior mean shift.", "",
+                     ("Posterior probability that each perturbation targets each response "
+                      "latent, and its posterior mean shift."), "",
                      f"![masks and shifts]({_save(fig, out / 'perturbation_heatmap.png')})", ""]
     params = getattr(model, "params", {}) or {}
     if "scm_weights_map" in params:
@@ -157,8 +157,8 @@ def write_report(
                      f"![latent graph]({_save(fig, out / 'latent_graph.png')})", ""]
 
     if adata is None:
-        sections += ["Posterior predictive checks and Pareto-k need the cells: rerun with "
-                     "`--data cells.h5ad`.", ""]
+        sections += [("Posterior predictive checks and Pareto-k need the cells: rerun with "
+                      "`--data cells.h5ad`."), ""]
     else:
         dt = to_datatree(model, num_samples=num_samples, seed=seed, chunk_size=chunk_size)
         diag = importance_diagnostics(dt)

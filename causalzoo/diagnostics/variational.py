@@ -14,7 +14,6 @@ converged. Three checks, all reading a :func:`~causalzoo.diagnostics.to_datatree
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np

@@ -16,7 +16,6 @@ from .baselines import (
     train_mean_baseline,
 )
 from .distances import PCASpace, energy_distance, median_bandwidth, mmd
-from .runner import BASELINES, METRICS, EvaluationResult, evaluate
 from .metrics import (
     de_ranking,
     direction_errors,
@@ -30,6 +29,7 @@ from .metrics import (
     top_de_genes,
 )
 from .report import write_report
+from .runner import BASELINES, METRICS, EvaluationResult, evaluate
 from .splits import (
     PROTOCOLS,
     Split,

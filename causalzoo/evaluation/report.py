@@ -55,7 +55,7 @@ def markdown_table(frame: pd.DataFrame, digits: int = 3) -> str:
     index_names = [n if n is not None else "" for n in frame.index.names]
     header = [*map(str, index_names), *(name(c) for c in frame.columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for idx, row in zip(frame.index, frame.itertuples(index=False)):
+    for idx, row in zip(frame.index, frame.itertuples(index=False), strict=True):
         keys = idx if isinstance(idx, tuple) else (idx,)
         cells = [*(str(k) for k in keys), *(_fmt(v, digits) for v in row)]
         lines.append("| " + " | ".join(cells) + " |")
@@ -77,7 +77,7 @@ def _bar_chart(result: EvaluationResult, path: Path) -> None:
     fig = Figure(figsize=(4.2 * ncol, 3.0 * nrow))
     axes = fig.subplots(nrow, ncol, squeeze=False)
     colors = {m: f"C{i}" for i, m in enumerate(methods)}
-    for ax, metric in zip(axes.flat, metrics):
+    for ax, metric in zip(axes.flat, metrics, strict=False):
         mean = summary[(metric, "mean")].to_numpy(dtype=float)
         std = np.nan_to_num(summary[(metric, "std")].to_numpy(dtype=float))
         ax.bar(range(len(methods)), np.nan_to_num(mean), yerr=std,
@@ -171,8 +171,8 @@ def write_report(result: EvaluationResult, folder: str | Path, *, plots: bool = 
         common_section = [
             f"## Mean over the {len(common)} conditions every method predicted",
             "",
-            f"({', '.join(common)}; the table above averages each method over the conditions "
-            "it could predict, which differ between methods.)",
+            (f"({', '.join(common)}; the table above averages each method over the conditions "
+             "it could predict, which differ between methods.)"),
             "",
             markdown_table(result.summary(common=True)[mean_cols].droplevel(1, axis=1)),
             "",
@@ -180,8 +180,8 @@ def write_report(result: EvaluationResult, folder: str | Path, *, plots: bool = 
     lines = [
         f"# Evaluation: protocol `{split.protocol}`",
         "",
-        f"- model: `{result.info.get('model') or 'none (baselines only)'}`; seeds: "
-        f"{result.info.get('seeds')}",
+        (f"- model: `{result.info.get('model') or 'none (baselines only)'}`; seeds: "
+         f"{result.info.get('seeds')}"),
         f"- split parameters: `{dict(split.params)}`; data hash `{split.data_hash[:16]}`",
         f"- train units ({len(split.train)}): {', '.join(split.train)}",
         f"- test units ({len(split.test)}): "

@@ -411,7 +411,7 @@ def evaluate(
             singles = [p if ctx is None else f"{p}@{ctx}" for p in parts]
             if len(parts) > 1 and all(s in split.train for s in singles):
                 ctx_means = {ctrl_name: means[ctrl_unit(u)],
-                             **{p: means[s] for p, s in zip(parts, singles)}}
+                             **{p: means[s] for p, s in zip(parts, singles, strict=True)}}
                 pred[u] = shifted(u, additive_baseline(ctx_means, ctrl_name, ["+".join(parts)])[
                     "+".join(parts)])
         if pred:
@@ -461,7 +461,7 @@ def evaluate(
                 kw = {} if ctx is None else {"covariates": {ctx_key: ctx}}
                 pred = model.predict(conds, n_cells=n_cells, seed=seed, **kw)
                 pln, plabels = _predicted_lognorm(pred, controls)
-                for u, c in zip(us, conds):
+                for u, c in zip(us, conds, strict=True):
                     rows = plabels == c
                     if not rows.any():
                         raise CausalZooError(
@@ -483,7 +483,8 @@ def evaluate(
         top = order[:n_de_genes]
         profiles[u] = {"observed": obs, "control": ctrl, "de_genes": top, "predicted": {}}
 
-        def score(method, mean, pcs):
+        # this iteration's values bound as defaults: score is called only inside this loop body
+        def score(method, mean, pcs, u=u, obs=obs, ctrl=ctrl, top=top, weights=weights):
             s = score_condition(mean, obs, ctrl, top)
             s["nrmse"] = nrmse(mean, obs)
             s["r2_means"] = r2_means(mean, obs)

@@ -155,7 +155,7 @@ def data_hash(
     units = cell_units(adata, perturbation_key, control, context_key)
     names, counts = np.unique(units, return_counts=True)
     h = hashlib.sha256()
-    h.update(json.dumps([[str(n), int(c)] for n, c in zip(names, counts)]).encode())
+    h.update(json.dumps([[str(n), int(c)] for n, c in zip(names, counts, strict=True)]).encode())
     h.update(json.dumps([str(g) for g in adata.var_names]).encode())
     x = _matrix(adata, layer)
     if sp.issparse(x):
@@ -424,7 +424,7 @@ def gears_split(
     conditions, parts = _condition_table(adata, perturbation_key, control)
     rng = np.random.default_rng(int(seed))
     genes = sorted({g for p in parts.values() for g in p})
-    n_train_genes = int(round(f_genes * len(genes)))
+    n_train_genes = round(f_genes * len(genes))
     train_genes = set(rng.permutation(genes)[:n_train_genes].tolist())
     train, test, groups = [], [], {}
     seen2 = []
@@ -446,7 +446,7 @@ def gears_split(
                 test.append(c)
                 groups[c] = f"combo_seen{k}"
     order = rng.permutation(len(seen2))
-    n_seen2_train = int(round(f_seen2 * len(seen2)))
+    n_seen2_train = round(f_seen2 * len(seen2))
     for rank, i in enumerate(order):
         if rank < n_seen2_train:
             train.append(seen2[i])
@@ -496,14 +496,14 @@ def combination_split(
         )
     rng = np.random.default_rng(int(seed))
     shuffled = [candidates[i] for i in rng.permutation(len(candidates))]
-    n_test = max(1, int(round(f_test * len(shuffled))))
+    n_test = max(1, round(f_test * len(shuffled)))
     test = shuffled[len(shuffled) - n_test:]
     rest = shuffled[: len(shuffled) - n_test] + [c for c in combos if c not in candidates]
     rest = [rest[i] for i in rng.permutation(len(rest))]
-    n_train = int(round(f_train * len(rest)))
+    n_train = round(f_train * len(rest))
     train = [c for c in conditions if len(parts[c]) <= 1] + rest[:n_train]
     return _finish("combinations", adata, perturbation_key, control, train, test,
-                   rest[n_train:], {c: "combo" for c in test},
+                   rest[n_train:], dict.fromkeys(test, "combo"),
                    {"seed": int(seed), "test_fraction": f_test, "train_fraction": f_train,
                     "observed_singles_only": bool(observed_singles_only)}, layer=layer)
 
@@ -531,7 +531,7 @@ def singles_to_doubles_split(
     test = [c for c in combos if set(parts[c]) <= singles]
     excluded = [c for c in combos if c not in test]
     return _finish("singles_to_doubles", adata, perturbation_key, control, train, test,
-                   excluded, {c: "double" for c in test}, {}, layer=layer)
+                   excluded, dict.fromkeys(test, "double"), {}, layer=layer)
 
 
 def covariate_transfer_split(
@@ -582,7 +582,7 @@ def covariate_transfer_split(
         )
     train = [u for u in distinct if u not in test]
     return _finish("covariate_transfer", adata, perturbation_key, controls, train, test, [],
-                   {u: "held_out" for u in test}, {"held_out": held_out},
+                   dict.fromkeys(test, "held_out"), {"held_out": held_out},
                    context_key=context_key, layer=layer)
 
 

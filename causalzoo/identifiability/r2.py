@@ -21,7 +21,7 @@ def _split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndar
     if not 0 < test_fraction < 1:
         raise CausalZooError(f"test_fraction={test_fraction!r} must lie in (0, 1).")
     order = np.random.default_rng(seed).permutation(n)
-    n_test = int(round(n * test_fraction))
+    n_test = round(n * float(test_fraction))
     if n_test < 2 or n - n_test < 2:
         raise CausalZooError(
             f"test_fraction={test_fraction} of {n} samples leaves fewer than 2 samples in the "

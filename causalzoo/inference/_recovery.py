@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.handlers import replay, seed, substitute, trace
 
-
 # ---------------------------------------------------------------- non-finite diagnosis
 
 
@@ -140,7 +139,9 @@ def _params_finite(svi, state) -> jax.Array:
     return jnp.all(jnp.stack([_nonfinite_count(x) == 0 for x in leaves] or [jnp.bool_(True)]))
 
 
-def _recover(svi, run_call, plan, batch_fn, segments, call_losses, end_state, n_active) -> tuple[int, str, bool]:
+def _recover(
+    svi, run_call, plan, batch_fn, segments, call_losses, end_state, n_active
+) -> tuple[int, str, bool]:
     """After a call with a non-finite loss or parameter: how many steps to keep, why, and
     whether a smaller learning rate could help (the kept state precedes the bad one).
 

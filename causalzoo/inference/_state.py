@@ -15,7 +15,6 @@ import optax
 
 from .._errors import CausalZooError
 
-
 # ---------------------------------------------------------------- learning-rate back-off
 
 

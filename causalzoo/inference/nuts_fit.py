@@ -229,7 +229,7 @@ def sparse_perturbation_nuts(
         "perturbations": [str(p) for p in reg.perturbation_vocabulary],
         "latents_response": [f"z_resp_{k}" for k in range(k_resp)],
         "latents_invariant": [f"z_inv_{k}" for k in range(k_inv)],
-        "scm_edges": [f"z_resp_{c}->z_resp_{r}" for r, c in zip(rows, cols)],
+        "scm_edges": [f"z_resp_{c}->z_resp_{r}" for r, c in zip(rows, cols, strict=True)],
         "cells": cell_names,
         "genes": [str(g) for g in reg.gene_names],
     }

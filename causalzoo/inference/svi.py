@@ -389,7 +389,8 @@ def fit_svi(
     >>> import jax.numpy as jnp, numpyro, numpyro.distributions as dist
     >>> def model(y, n_cells=None):
     ...     mu = numpyro.sample("mu", dist.Normal(0, 10))
-    ...     with numpyro.plate("cells", y.shape[0]), numpyro.handlers.scale(scale=n_cells / y.shape[0]):
+    ...     scale = n_cells / y.shape[0]
+    ...     with numpyro.plate("cells", y.shape[0]), numpyro.handlers.scale(scale=scale):
     ...         numpyro.sample("y", dist.Normal(mu, 1), obs=y)
     >>> def guide(y, n_cells=None):
     ...     numpyro.sample("mu", dist.Delta(numpyro.param("m", 0.0)))
@@ -614,7 +615,8 @@ def fit_svi(
             if early_stopping:
                 if not np.isfinite(best) or mean_loss < best - early_stopping.min_delta * abs(best):
                     best, best_step = mean_loss, done
-                elif done >= early_stopping.min_steps and done - best_step >= early_stopping.patience:
+                elif (done >= early_stopping.min_steps
+                      and done - best_step >= early_stopping.patience):
                     stop_reason = "plateau"
                     break
             if checkpoint_dir is not None and done - checkpointed >= checkpoint_every:

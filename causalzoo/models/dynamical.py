@@ -478,7 +478,6 @@ def dynamical_model(
     ((3, 4, 4), (3, 4, 5))
     """
     n_batch, n_steps, n_features = _shapes(x, u, n_steps, n_features, n_domains)
-    lik = config.likelihood_block
     k_inv, lags = config.n_latent_invariant, config.n_lags
     (lag_graph, target, mean_shift, log_scale_shift), log_sigma, fn, decoder, library_size = (
         model_blocks(config, n_domains, n_features, x, library_size,

@@ -191,7 +191,7 @@ def flow_population_particles(flow_fn, shift, scale, initial_scale, *, base: str
     zeros = jnp.zeros_like(initial)
     first = (jnp.broadcast_to(initial_loc[:, :, None, :], initial.shape),
              jnp.broadcast_to(initial_scale[:, :, None, :], initial.shape), zeros, zeros)
-    components = tuple(jnp.concatenate([a, b], axis=2) for a, b in zip(first, later))
+    components = tuple(jnp.concatenate([a, b], axis=2) for a, b in zip(first, later, strict=True))
     return paths, components
 
 

@@ -110,7 +110,8 @@ class IVAEConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise CausalZooError(f"{name} must be a positive integer; got {value!r}.")
-        if not isinstance(self.n_layers, int) or isinstance(self.n_layers, bool) or self.n_layers < 0:
+        if (not isinstance(self.n_layers, int) or isinstance(self.n_layers, bool)
+                or self.n_layers < 0):
             raise CausalZooError(f"n_layers must be an integer >= 0; got {self.n_layers!r}.")
         scale = self.observation_scale
         if scale is not None and (

@@ -55,7 +55,8 @@ class RecoveryReport:
     def describe(self, margin: float | None = None) -> str:
         """One readable line: score, floor and its parts, margin, per-dimension scores."""
         parts = ", ".join(f"{k} {v:.3f}" for k, v in self.floors.items())
-        margin_text = "" if margin is None else f" + margin {margin:.3f} = {self.floor + margin:.3f}"
+        margin_text = ("" if margin is None
+                       else f" + margin {margin:.3f} = {self.floor + margin:.3f}")
         return (
             f"{self.metric} MCC {self.score:.3f}; entangled floor ({self.floor_kind}) "
             f"{self.floor:.3f}{margin_text} [{parts}]; matched correlations per true "
@@ -112,7 +113,9 @@ def recovery_report(
     RecoveryReport
     """
     if floor not in ("max", "rotation", "observations"):
-        raise CausalZooError(f"floor={floor!r} is unknown; use 'max', 'rotation' or 'observations'.")
+        raise CausalZooError(
+            f"floor={floor!r} is unknown; use 'max', 'rotation' or 'observations'."
+        )
     z_true, x = _truth(data)
     z_hat = _z_hat(fit_or_z_hat)
     if z_true.ndim > 2:

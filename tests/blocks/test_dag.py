@@ -1,6 +1,7 @@
 """Acyclicity constraints: zero exactly on DAGs, positive with a gradient on any cycle."""
 
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,7 +68,7 @@ def test_positive_with_nonzero_gradient_once_a_cycle_exists(graph, data):
     w = _random_dag(rng, d, density)
     length = data.draw(st.integers(1, d), label="cycle length")
     nodes = rng.permutation(d)[:length]
-    for a, b in zip(nodes, np.roll(nodes, -1)):  # a -> b, closing back to nodes[0]
+    for a, b in zip(nodes, np.roll(nodes, -1), strict=True):  # a -> b, closing back to nodes[0]
         w[a, b] = rng.uniform(0.3, 1.0) * rng.choice([-1, 1])
     with jax.enable_x64(True):
         for method in METHODS:
@@ -75,7 +76,7 @@ def test_positive_with_nonzero_gradient_once_a_cycle_exists(graph, data):
             assert float(h) > 0, (method, w)
             g = np.asarray(g)
             # every edge of the cycle is pushed towards 0
-            for a, b in zip(nodes, np.roll(nodes, -1)):
+            for a, b in zip(nodes, np.roll(nodes, -1), strict=True):
                 assert g[a, b] * w[a, b] > 0, (method, a, b)
 
 

@@ -82,7 +82,7 @@ def test_derivatives_on_grid_match_float64_autodiff():
 
     ours = jax.grad(total, argnums=(0, 1))(jnp.asarray(log_mu), jnp.asarray(log_theta))
     ref = _reference_grads(x32, log_mu, log_theta)
-    for g, r in zip(ours, ref):
+    for g, r in zip(ours, ref, strict=True):
         _assert_close(g, r, GRAD_TOL)
 
 
@@ -128,7 +128,7 @@ def test_random_draws_match_reference(seed, log_mu_scale, log_theta_center, zero
     grads = jax.grad(lambda lm, lt: total(lm, lt).sum(), argnums=(0, 1))(
         jnp.asarray(log_mu), jnp.asarray(log_theta)
     )
-    for g, r in zip(grads, _reference_grads(x, log_mu, log_theta)):
+    for g, r in zip(grads, _reference_grads(x, log_mu, log_theta), strict=True):
         _assert_close(np.ravel(g), np.ravel(r), GRAD_TOL)
 
 
@@ -205,7 +205,7 @@ def test_zinb_derivatives_match_numpyro_float64():
             *(jnp.asarray(a, jnp.float64) for a in (log_mu, log_theta, gate))
         )
     np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-5)
-    for g, w in zip(got[1], want[1]):
+    for g, w in zip(got[1], want[1], strict=True):
         np.testing.assert_allclose(g, np.asarray(w), rtol=1e-4, atol=1e-4)
 
 
@@ -234,5 +234,5 @@ def test_compiled_step_is_deterministic():
 
     a = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(lm, lt)
     b = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))(lm, lt)
-    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    for u, v in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))

@@ -198,7 +198,7 @@ def test_snapshot_fit_of_one_chunk_is_the_in_memory_fit(x_reads, open_backed):
     leaves, tree = jax.tree.flatten(models[0].params)
     streamed, streamed_tree = jax.tree.flatten(models[1].params)
     assert streamed_tree == tree
-    for value, expected in zip(streamed, leaves):
+    for value, expected in zip(streamed, leaves, strict=True):
         np.testing.assert_array_equal(value, expected)
 
 

@@ -108,7 +108,7 @@ def test_method_errors(fitted, ivae, adata, small):
         fitted.fit(max_steps=1, num_samples=10)
     with pytest.raises(CausalZooError, match="not options"):
         ivae.fit(method="nuts", latents="sample")
-    with pytest.raises(CausalZooError, match="too much.*max_cells=100"):
+    with pytest.raises(CausalZooError, match=r"too much.*max_cells=100"):
         fitted.fit(method="nuts", max_cells=100)
     with pytest.raises(CausalZooError, match="too much"):
         ivae.fit(method="nuts", max_cells=20)

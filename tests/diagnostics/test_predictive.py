@@ -52,7 +52,7 @@ def _chi2_pvalue(counts, pmf, support=40):
     observed = np.bincount(np.minimum(counts.astype(int), support), minlength=support + 1)
     obs, exp = [], []
     o_acc = e_acc = 0.0
-    for o, e in zip(observed, expected):
+    for o, e in zip(observed, expected, strict=True):
         o_acc, e_acc = o_acc + o, e_acc + e
         if e_acc >= 5:
             obs.append(o_acc)
@@ -79,7 +79,10 @@ def test_host_zinb_and_poisson_draws():
     params["zinb_gate_logits"] = np.full((2, n // 2, 1), gate, np.float32)
     counts = _draw(params, n // 2).reshape(-1)
     pi, p = 1 / (1 + np.exp(-gate)), 3.0 / 7.0
-    pmf = lambda k: (1 - pi) * stats.nbinom.pmf(k, 3.0, p) + pi * (k == 0)
+
+    def pmf(k):
+        return (1 - pi) * stats.nbinom.pmf(k, 3.0, p) + pi * (k == 0)
+
     assert _chi2_pvalue(counts, pmf) > 1e-3
     rate = {"poisson_log_rate": np.full((2, n // 2, 1), np.log(6.0), np.float32)}
     counts = _draw(rate, n // 2).reshape(-1)
@@ -96,7 +99,8 @@ def test_host_draws_ignore_padding_threads_and_flag_nonfinite():
     params["nb_log_mean"] = params["nb_log_mean"].copy()
     params["nb_log_mean"][2, 4, 1] = np.nan
     out = _draw(params, 7)
-    assert np.isnan(out[2, 4, 1]) and np.isfinite(np.delete(out.reshape(-1), 2 * 21 + 4 * 3 + 1)).all()
+    rest = np.delete(out.reshape(-1), 2 * 21 + 4 * 3 + 1)
+    assert np.isnan(out[2, 4, 1]) and np.isfinite(rest).all()
 
 
 class _SubclassedNB(NegativeBinomialLog):

@@ -1,5 +1,7 @@
 """Assumption checks: sufficient variability, injectivity of a mixing, acyclicity."""
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -140,7 +142,7 @@ def test_acyclicity_on_dags_and_with_an_added_cycle(d, seed, data):
     assert not out
     cycle = out.details["cycle"]
     assert cycle[0] == cycle[-1] and len(set(cycle)) == len(cycle) - 1
-    assert all(cyclic[a, b] for a, b in zip(cycle[:-1], cycle[1:])), "a real cycle"
+    assert all(cyclic[a, b] for a, b in itertools.pairwise(cycle)), "a real cycle"
     assert check_acyclicity(cyclic * 0.7, threshold=0.8), "below threshold: no edges"
 
 

@@ -70,8 +70,7 @@ def true_labels(data):
     return recovery_report(_fit_dynamical(x, seq.u), seq)
 
 
-def test_latents_are_recovered_above_the_entangled_floor(data, true_labels):
-    seq, _ = data
+def test_latents_are_recovered_above_the_entangled_floor(true_labels):
     assert true_labels.score >= true_labels.floor + 0.1, true_labels.describe(0.1)
 
 

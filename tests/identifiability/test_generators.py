@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 import causalzoo as cz
-import causalzoo.identifiability  # noqa: F401  (cz.identifiability.* below)
+import causalzoo.identifiability  # for cz.identifiability.* below
 from causalzoo import CausalZooError
 from causalzoo.identifiability.generators import SparsePerturbationData, sparse_perturbation
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import causalzoo as cz
-import causalzoo.identifiability  # noqa: F401  (cz.identifiability.* below)
+import causalzoo.identifiability  # for cz.identifiability.* below
 from causalzoo import CausalZooError
 from causalzoo.identifiability import (
     check_injectivity,

@@ -154,7 +154,7 @@ def _reference_log_prob(z, coef, shift, scale, initial_scale, lags):
     total = norm.logpdf(z[..., :lags, :], shift[..., None, :],
                         initial_scale[..., None, :]).sum((-2, -1))
     for t in range(lags, z.shape[-2]):
-        loc = sum(coef[l] * z[..., t - l - 1, :] for l in range(lags)) + shift
+        loc = sum(coef[lag] * z[..., t - lag - 1, :] for lag in range(lags)) + shift
         total = total + norm.logpdf(z[..., t, :], loc, scale).sum(-1)
     return total
 

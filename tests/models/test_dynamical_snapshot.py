@@ -88,7 +88,7 @@ def test_time_column_accepts_numbers_and_numeric_categories():
 def test_setup_errors():
     x, obs = make_time_course()
     a = _adata(x, obs)
-    with pytest.raises(CausalZooError, match="time_key='time'.*Available columns"):
+    with pytest.raises(CausalZooError, match=r"time_key='time'.*Available columns"):
         cz.DynamicalCausalVAE.setup_anndata(a)
     with pytest.raises(CausalZooError, match="perturbation_key='drug'"):
         cz.DynamicalCausalVAE.setup_anndata(a, time_key="hours", perturbation_key="drug")
@@ -111,7 +111,7 @@ def test_setup_errors():
         cz.DynamicalCausalVAE.setup_anndata(bad, time_key="hours")
     cz.DynamicalCausalVAE.setup_anndata(a, time_key="hours", perturbation_key="pert")
     with pytest.raises(CausalZooError, match="count_data=False"):
-        cz.DynamicalCausalVAE(a, likelihood="nb", **{k: v for k, v in SMALL.items()})
+        cz.DynamicalCausalVAE(a, likelihood="nb", **SMALL)
 
 
 def test_setup_registry_and_time_grid():
@@ -368,7 +368,7 @@ def test_predict_errors(fitted):
 
 
 def test_save_load_round_trip(fitted, tmp_path):
-    m, x, obs, held = fitted
+    m, *_ = fitted
     m.save(tmp_path / "snap")
     loaded = cz.load(tmp_path / "snap")
     assert isinstance(loaded, SnapshotDynamicalCausalVAE) and loaded.x is None

@@ -19,6 +19,7 @@ import causalzoo as cz
 from causalzoo import CausalZooError, SparsePerturbationVAE
 from causalzoo.data import extract_arrays, setup_anndata
 
+
 @contextlib.contextmanager
 def raises_before_compiling(match):
     """The call raises a CausalZooError matching ``match`` and compiles no model code."""
@@ -230,7 +231,7 @@ def test_save_load_round_trips_exactly(fitted, tmp_path):
     flat_a, tree_a = jax.tree_util.tree_flatten(fitted.params)
     flat_b, tree_b = jax.tree_util.tree_flatten(loaded.params)
     assert tree_a == tree_b
-    for a, b in zip(flat_a, flat_b):
+    for a, b in zip(flat_a, flat_b, strict=True):
         assert np.asarray(a).dtype == np.asarray(b).dtype
         np.testing.assert_array_equal(a, b)
     assert loaded.config == fitted.config and loaded.registry == fitted.registry

@@ -15,10 +15,8 @@ import subprocess
 import sys
 import textwrap
 import time
-import warnings
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
@@ -26,8 +24,8 @@ import numpyro.distributions as dist
 import pytest
 
 from causalzoo import CausalZooError
-from causalzoo.inference import fit_svi
 from causalzoo.inference import checkpoint as ckpt
+from causalzoo.inference import fit_svi
 
 # The toy fit, shared verbatim by this process and the subprocesses (same code, same
 # compiled program, so the numbers can be compared bit for bit).
@@ -195,13 +193,13 @@ def test_resume_in_process_and_checkpoint_contents(tmp_path, uninterrupted):
 
 def test_checkpoint_refusals(tmp_path):
     toy_fit(max_steps=20, checkpoint_dir=tmp_path)
-    with pytest.raises(CausalZooError, match="already holds a checkpoint.*resume=True"):
+    with pytest.raises(CausalZooError, match=r"already holds a checkpoint.*resume=True"):
         toy_fit(max_steps=20, checkpoint_dir=tmp_path)
-    with pytest.raises(CausalZooError, match="another fit.*batch_size: 20 in the checkpoint"):
+    with pytest.raises(CausalZooError, match=r"another fit.*batch_size: 20 in the checkpoint"):
         toy_fit(max_steps=20, checkpoint_dir=tmp_path, resume=True, batch_size=25)
-    with pytest.raises(CausalZooError, match="another fit.*seed"):
+    with pytest.raises(CausalZooError, match=r"another fit.*seed"):
         toy_fit(max_steps=20, checkpoint_dir=tmp_path, resume=True, seed=8)
-    with pytest.raises(CausalZooError, match="another fit.*data"):
+    with pytest.raises(CausalZooError, match=r"another fit.*data"):
         fit_svi(toy_model, toy_guide, {"y": Y[:90]}, **{**KW, "max_steps": 20},
                 checkpoint_dir=tmp_path, resume=True)
     with pytest.raises(CausalZooError, match="checkpoint_dir"):
@@ -223,7 +221,7 @@ def test_corrupted_or_partial_checkpoint_is_reported(tmp_path):
     with pytest.raises(CausalZooError, match="checksum"):
         toy_fit(max_steps=20, checkpoint_dir=tmp_path, resume=True)
     state.unlink()
-    with pytest.raises(CausalZooError, match="missing.*incomplete"):
+    with pytest.raises(CausalZooError, match=r"missing.*incomplete"):
         toy_fit(max_steps=20, checkpoint_dir=tmp_path, resume=True)
     pointer = tmp_path / ckpt.POINTER_FILE
     pointer.write_text("{ half written")

@@ -214,7 +214,10 @@ def leap_nonstationary(
     score with Spearman MCC against :func:`~causalzoo.identifiability.entangled_floor`.
 
     The published configuration is ``d = 8``, 2 lags + 4 steps, 20 domains x 7500
-    sequences (MCC 0.97 for LEAP); the defaults are smaller for tests.
+    sequences (MCC 0.97 for LEAP); the defaults are smaller for tests. At a few thousand
+    sequences noise of sd ``0.1 U(0, 1)`` is too small to resolve; ``noise_scale=1.0``
+    (sd ``U(0, 1)``) is the setting of the dynamical model's recovery test
+    (``docs/models/dynamical.md``, "Recovery, measured").
 
     Parameters
     ----------
@@ -260,7 +263,7 @@ def leap_nonstationary(
     z = np.zeros((u.size, steps, d))
     z[:, :lags] = rng.normal(size=(u.size, lags, d))
     for t in range(lags, steps):
-        drive = sum(leaky_relu(z[:, t - l - 1] @ b[l]) for l in range(lags))
+        drive = sum(leaky_relu(z[:, t - lag - 1] @ b[lag]) for lag in range(lags))
         z[:, t] = leaky_relu(drive + rng.normal(size=(u.size, d)) * scale)
     x = apply_mlp(z, mixing)
     f32 = np.float32
