@@ -306,22 +306,40 @@ def _clocked(*namespaces):
 _COND_LINE = "new_state, value = lax.cond(i < n_active, step, skip, state)"
 
 
-_JIT_LINE = "    run_call = jax.jit(run_call)\n"
+_JIT_START = "    run_call = jax.jit(run_call"
+
+
+def _end_of_jit_statement(src: str) -> int | None:
+    """Index just past the ``run_call = jax.jit(run_call, ...)`` statement (which may span
+    lines) in ``fit_svi``'s source, or None when the source no longer has it."""
+    start = src.find(_JIT_START)
+    if start < 0:
+        return None
+    depth, opening = 0, src.index("(", start)
+    close = opening
+    for close in range(opening, len(src)):
+        depth += {"(": 1, ")": -1}.get(src[close], 0)
+        if depth == 0:
+            break
+    end = src.find("\n", close)
+    return None if end < 0 else end + 1
 
 
 class _Grab(Exception):
-    def __init__(self, run_call, state, key):
+    def __init__(self, run_call, state, key, data):
         super().__init__("grabbed")
-        self.run_call, self.state, self.key = run_call, state, key
+        self.run_call, self.state, self.key, self.data = run_call, state, key, data
 
 
 def grab_run_call(data, cfg, batch, steps_per_call, seed, cond=True):
-    """The engine's jitted per-call function and initial state, from a copy of ``fit_svi``
-    that stops right after ``jax.jit(run_call)`` (optionally without ``lax.cond``)."""
+    """The engine's jitted per-call function ``(state, key, n_active, data) -> (state,
+    losses, finite)``, its initial state, key and resident data, from a copy of ``fit_svi``
+    that stops right after ``jax.jit(run_call, ...)`` (optionally without ``lax.cond``)."""
     src = inspect.getsource(svi_mod.fit_svi)
-    if _JIT_LINE not in src or (not cond and _COND_LINE not in src):
+    end = _end_of_jit_statement(src)
+    if end is None or (not cond and _COND_LINE not in src):
         return None
-    src = src.replace(_JIT_LINE, _JIT_LINE + "    raise _Grab(run_call, state, key_run)\n")
+    src = src[:end] + "    raise _Grab(run_call, state, key_run, device_data)\n" + src[end:]
     if not cond:
         src = src.replace(_COND_LINE, "new_state, value = step(state)")
     ns = dict(vars(svi_mod), _Grab=_Grab)
@@ -349,24 +367,28 @@ def run_ablations(data, cfg, batch, rounds, seed, work=500):
             print(f"# ablation {name} skipped: fit_svi no longer has the expected lines")
             continue
         t0 = time.perf_counter()
-        fn = g.run_call.lower(g.state, g.key, jnp.int32(spc)).compile()
+        fn = g.run_call.lower(g.state, g.key, jnp.int32(spc), g.data).compile()
         compile_s = time.perf_counter() - t0
-        jax.block_until_ready(fn(g.state, g.key, jnp.int32(spc)))
+        jax.block_until_ready(fn(g.state, g.key, jnp.int32(spc), g.data))
         skipped = []  # without the cond nothing can be switched off: n_active=0 still runs every step
         for r in range(3 if cond else 0):
             t0 = time.perf_counter()
-            jax.block_until_ready(fn(g.state, jax.random.fold_in(g.key, r), jnp.int32(0)))
+            jax.block_until_ready(fn(g.state, jax.random.fold_in(g.key, r), jnp.int32(0),
+                                     g.data))
             skipped.append(time.perf_counter() - t0)
         compiled[name] = dict(fn=fn, g=g, spc=spc, compile_s=compile_s, wall=[], cpu=[],
                               skipped_call_ms=1e3 * statistics.median(skipped) if skipped else None)
     names = list(compiled)
+    if not names:
+        return []
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
             v = compiled[name]
             t0, c0 = time.perf_counter(), time.process_time()
             for j in range(work // v["spc"]):
-                _, losses = v["fn"](v["g"].state, jax.random.fold_in(v["g"].key, 1000 * r + j),
-                                    jnp.int32(v["spc"]))
+                _, losses, _ = v["fn"](v["g"].state,
+                                       jax.random.fold_in(v["g"].key, 1000 * r + j),
+                                       jnp.int32(v["spc"]), v["g"].data)
                 np.asarray(jax.device_get(losses))
             v["wall"].append(work * batch / (time.perf_counter() - t0))
             v["cpu"].append(work * batch / (time.process_time() - c0))

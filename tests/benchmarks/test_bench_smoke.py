@@ -107,3 +107,20 @@ def test_streaming_writer_appends_nb_counts_chunk_by_chunk(bench_streaming, tmp_
     backed = anndata.read_h5ad(path, backed="r")
     np.testing.assert_array_equal(backed.X[495:505].toarray(), counts[495:505])
     backed.file.close()
+
+
+def test_engine_ablations_still_find_the_compiled_call(bench_peers):
+    """bench_engine.py --ablations patches a copy of fit_svi right after its
+    ``run_call = jax.jit(run_call, ...)`` statement; if that statement changes shape, every
+    ablation would be skipped (it happened once: the jit call gained arguments)."""
+    import inspect
+
+    import bench_engine
+    from causalzoo.inference import svi
+
+    src = inspect.getsource(svi.fit_svi)
+    end = bench_engine._end_of_jit_statement(src)
+    assert end is not None
+    statement = src[src.index(bench_engine._JIT_START):end]
+    assert statement.count("(") == statement.count(")") and statement.endswith(")\n")
+    assert "device_data" in src[:src.index(bench_engine._JIT_START)]
