@@ -100,6 +100,11 @@ def with_noise(data, noise: str, seed: int):
 
 
 def make_data(args):
+    if args.generator == "caring":
+        return cz.identifiability.generators.caring(
+            n_units=args.domains * args.per_domain, n_steps=args.n_steps,
+            n_latent=args.latents, noise_scale=args.noise_scale, seed=args.seed,
+        )
     if args.generator == "tdrl":
         data = cz.identifiability.generators.tdrl_changing(
             n_domains=args.domains, n_per_domain=args.per_domain, n_latent=args.latents,
@@ -120,7 +125,8 @@ def _config(args) -> dict:
             "flow_base": args.flow_base, "target_probability": args.target_probability,
             "log_scale_shift_scale": args.log_scale_shift_scale,
             "shift_scale": args.shift_scale, "noise_modulation": args.noise_modulation,
-            "posterior": args.posterior, "observation_scale": args.observation_scale}
+            "posterior": args.posterior, "observation_scale": args.observation_scale,
+            "encoder_context": args.encoder_context}
 
 
 def _fit(model, args, fit_seed=None):
@@ -372,7 +378,11 @@ def main(argv=None):
                         help="transition prior of the fitted model")
     parser.add_argument("--flow-base", default="normal", choices=["normal", "laplace"],
                         help="base noise of the flow prior")
-    parser.add_argument("--generator", default="leap", choices=["leap", "tdrl"])
+    parser.add_argument("--generator", default="leap", choices=["leap", "tdrl", "caring"],
+                        help="caring: one domain, n_units = domains x per-domain, fewer "
+                        "observations than latents (use --encoder-context)")
+    parser.add_argument("--encoder-context", type=int, default=0,
+                        help="steps before and after each step that its encoder reads")
     parser.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace"],
                         help="transition noise of the generated latents")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")

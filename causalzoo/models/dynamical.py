@@ -164,6 +164,12 @@ class DynamicalConfig:
         Fixed standard deviation of the Gaussian observation noise (the iVAE's and LEAP's
         practice on noise-free sequences); ``None`` (default) learns a per-feature scale.
         Only for ``likelihood="gaussian"``.
+    encoder_context : int
+        Sequence mode: the encoder of step ``t`` reads the observations of steps ``t - c ..
+        t + c`` (``c = encoder_context``; the sequence's first and last steps repeated at
+        its ends) instead of ``x_t`` alone. Needed when ``x_t`` does not determine ``z_t``
+        (a non-invertible observation map, as in CaRiNG, where later and earlier steps
+        reveal the unobserved latents). Snapshot mode sees each cell once and refuses it.
     activation : str
         Hidden activation of the MLPs.
     networks : mapping, optional
@@ -190,6 +196,7 @@ class DynamicalConfig:
     modulate_history: bool = False
     posterior: str = "diagonal"
     observation_scale: float | None = None
+    encoder_context: int = 0
     activation: str = "leaky_relu"
     networks: Mapping[str, Callable] | None = field(default=None, compare=False)
 
@@ -198,7 +205,7 @@ class DynamicalConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise CausalZooError(f"{name} must be a positive integer; got {value!r}.")
-        for name in ("n_latent_invariant", "n_layers"):
+        for name in ("n_latent_invariant", "n_layers", "encoder_context"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise CausalZooError(f"{name} must be an integer >= 0; got {value!r}.")
@@ -562,6 +569,24 @@ def _gaussian_encoder(name, in_features, n_latent, config):
     return encode
 
 
+def step_windows(h, context: int):
+    """``h (units, steps, f) -> (units, steps, (2 context + 1) f)``: each step's features
+    next to those of the ``context`` steps before and after it, the first and last steps
+    repeated past the ends (``context=0`` returns ``h``).
+
+    Examples
+    --------
+    >>> step_windows(jnp.arange(3.0)[None, :, None], 1)[0].tolist()
+    [[0.0, 0.0, 1.0], [0.0, 1.0, 2.0], [1.0, 2.0, 2.0]]
+    """
+    if context == 0:
+        return h
+    n_steps = h.shape[1]
+    idx = jnp.clip(jnp.arange(n_steps)[:, None] + jnp.arange(-context, context + 1), 0,
+                   n_steps - 1)
+    return h[:, idx, :].reshape(h.shape[0], n_steps, -1)
+
+
 def step_posterior(name, in_features, config):
     """``h (..., features) -> q(z_t | x_t)``, event shape ``(n_latent,)``: a diagonal normal
     or, with ``config.posterior == "full"``, a multivariate normal with a full Cholesky
@@ -606,7 +631,8 @@ def dynamical_guide(
     n_batch, n_steps, n_features = _shapes(x, u, n_steps, n_features, n_domains)
     global_guide(n_domains, config=config)
     h = encoder_input(x, config.likelihood_block)
-    posterior = step_posterior("encoder", n_features, config)
+    context = step_windows(h, config.encoder_context)
+    posterior = step_posterior("encoder", context.shape[-1], config)
     with _scaled(n_batch, n_units or n_cells), numpyro.plate("units", n_batch, dim=-1):
         if config.n_latent_invariant:
             encode_inv = _gaussian_encoder(
@@ -614,4 +640,4 @@ def dynamical_guide(
             )
             loc_inv, scale_inv = encode_inv(h.mean(axis=1))
             numpyro.sample("z_inv", dist.Normal(loc_inv, scale_inv).to_event(1))
-        numpyro.sample("z", posterior(h).to_event(1))
+        numpyro.sample("z", posterior(context).to_event(1))

@@ -409,6 +409,11 @@ def snapshot_guide(
     """Amortised guide: ``q(z | x)``, ``q(z_inv | x)`` and the global factors."""
     if x is None:
         raise CausalZooError("The guide needs the observed `x` (it is amortised over cells).")
+    if config.encoder_context:
+        raise CausalZooError(
+            f"encoder_context={config.encoder_context} reads neighbouring steps of a "
+            "sequence, but snapshot mode sees each cell once: leave it 0."
+        )
     n_batch, n_features = _checked(x, u, time_index, n_features, n_times, n_domains)
     global_guide(n_domains, config=config)
     h = encoder_input(x, config.likelihood_block)

@@ -26,6 +26,7 @@ from causalzoo.models.dynamical import (
     dynamical_guide,
     dynamical_model,
     global_guide,
+    step_windows,
 )
 
 K, K_INV, L, T, G, D = 3, 2, 2, 5, 4, 3
@@ -124,6 +125,30 @@ def test_full_posterior_guide_is_a_cholesky_normal_per_step(prior_trace):
         handlers.seed(dynamical_model, 1), data={"z": site["value"]})).get_trace(
         x=x, u=U, config=full, n_domains=D)
     assert np.isfinite(float(model_tr["z"]["fn"].log_prob(site["value"]).sum()))
+
+
+def test_step_windows_and_encoder_context_read_neighbouring_steps(prior_trace):
+    h = jnp.arange(12.0).reshape(1, 4, 3)
+    w = np.asarray(step_windows(h, 1))
+    assert w.shape == (1, 4, 9)
+    np.testing.assert_array_equal(w[0, 0], np.r_[h[0, 0], h[0, 0], h[0, 1]])
+    np.testing.assert_array_equal(w[0, 2], np.r_[h[0, 1], h[0, 2], h[0, 3]])
+    np.testing.assert_array_equal(w[0, 3], np.r_[h[0, 2], h[0, 3], h[0, 3]])
+    assert step_windows(h, 0) is h
+    # q(z_t) depends on x_{t+1} with encoder_context=1, and not with 0
+    x = prior_trace["x"]["value"]
+    x_later = x.at[:, 3].add(1.0)
+
+    def loc(config, x):
+        tr = seeded_trace(dynamical_guide, x=x, u=U, config=config, n_domains=D)
+        return np.asarray(tr["z"]["fn"].mean)
+
+    ctx = DynamicalConfig(**{**CFG.to_dict(), "encoder_context": 1})
+    assert not np.allclose(loc(ctx, x)[:, 2], loc(ctx, x_later)[:, 2])
+    np.testing.assert_allclose(loc(ctx, x)[:, 0], loc(ctx, x_later)[:, 0])
+    np.testing.assert_allclose(loc(CFG, x)[:, 2], loc(CFG, x_later)[:, 2])
+    tr = seeded_trace(dynamical_guide, x=x, u=U, config=ctx, n_domains=D)
+    assert tr["z"]["value"].shape == (N, T, K)
 
 
 def test_fixed_observation_scale():
@@ -374,6 +399,7 @@ def test_registered_spec():
         (dict(flow_base="cauchy"), "flow_base='cauchy'"),
         (dict(noise_modulation="some"), "noise_modulation='some'"),
         (dict(posterior="low-rank"), "posterior='low-rank'"),
+        (dict(encoder_context=-1), "encoder_context"),
         (dict(observation_scale=0.0), "observation_scale"),
         (dict(observation_scale=True), "observation_scale"),
         (dict(observation_scale=0.1, likelihood="nb"), "does not apply"),

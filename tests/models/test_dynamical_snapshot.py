@@ -395,3 +395,13 @@ def test_full_posterior_in_snapshot_mode(tmp_path):
     assert z.shape == (x.shape[0], 2) and np.isfinite(z).all()
     m.save(tmp_path / "full_snap")
     assert cz.load(tmp_path / "full_snap").config.posterior == "full"
+
+
+def test_encoder_context_is_refused_in_snapshot_mode():
+    x, obs = make_time_course()
+    a = _adata(x, obs)
+    cz.DynamicalCausalVAE.setup_anndata(a, time_key="hours", perturbation_key="pert",
+                                        control="A")
+    m = cz.DynamicalCausalVAE(a, **SMALL, encoder_context=1)
+    with pytest.raises(CausalZooError, match="snapshot mode sees each cell once"):
+        m.fit(max_steps=2, batch_size=50, progress=False)
