@@ -228,6 +228,10 @@ def plot_latent_graph(weights, *, names: Sequence[str] | None = None, threshold:
         raise CausalZooError(f"weights must be a square (K, K) matrix; got shape {w.shape}.")
     k = w.shape[0]
     names = list(names or [f"z{i}" for i in range(k)])
+    if len(names) != k:
+        raise CausalZooError(
+            f"names has {len(names)} entries for a {k} x {k} graph: pass one name per latent."
+        )
     fig, ax = _figure(ax, (4.5, 4.5))
     angle = np.pi / 2 - 2 * np.pi * np.arange(k) / max(k, 1)
     pos = np.stack([np.cos(angle), np.sin(angle)], axis=1)
@@ -244,7 +248,7 @@ def plot_latent_graph(weights, *, names: Sequence[str] | None = None, threshold:
                                     shrinkA=8, shrinkB=8),
                 )
     ax.scatter(pos[:, 0], pos[:, 1], s=600, color="white", edgecolor="black", zorder=3)
-    for p, name in zip(pos, names, strict=False):
+    for p, name in zip(pos, names, strict=True):
         ax.text(p[0], p[1], name, ha="center", va="center", fontsize=7, zorder=4)
     ax.set(xlim=(-1.3, 1.3), ylim=(-1.3, 1.3), aspect="equal")
     ax.axis("off")

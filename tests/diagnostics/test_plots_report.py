@@ -36,6 +36,8 @@ def test_plots(datatree, fitted):
     plt.close("all")
     with pytest.raises(CausalZooError, match="square"):
         plot_latent_graph(np.zeros((2, 3)))
+    with pytest.raises(CausalZooError, match="names has 2 entries for a 3 x 3 graph"):
+        plot_latent_graph(w, names=["a", "b"])
 
 
 def test_report_without_and_with_data(fitted, adata, datatree, n_draws, chunk, tmp_path):
