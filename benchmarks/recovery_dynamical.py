@@ -143,6 +143,28 @@ def _r2(z, z_hat) -> dict:
             "r2_kernel": float(r2_kernel_ridge(z, z_hat, seed=0))}
 
 
+def _latent_scores(data, z_hat) -> tuple[dict, np.ndarray]:
+    """Spearman MCC of all steps and after the history, the rotation floor and the R^2 of
+    sequences ``z_hat (units, steps, d)`` against the truth; and the MCC matching."""
+    d, lags = data.n_latent, data.n_lags
+    score, matching = mcc(data.z.reshape(-1, d), z_hat.reshape(-1, d), method="spearman",
+                          return_matching=True)
+    return {
+        "mcc": score,
+        "mcc_after_history": mcc(data.z[:, lags:].reshape(-1, d),
+                                 z_hat[:, lags:].reshape(-1, d), method="spearman"),
+        "floor_rotation": entangled_floor(data.z.reshape(-1, d), method="spearman",
+                                          seed=0)["rotation"],
+        **_r2(data.z.reshape(-1, d), z_hat.reshape(-1, d)),
+    }, matching
+
+
+def _fit_record(model, seconds) -> dict:
+    return {"fit_seconds": seconds, "compile_seconds": model.fit_info["compile_seconds"],
+            "fit_seed": model.fit_info["seed"],
+            "final_loss": restart_final_loss(model.history["loss"])}
+
+
 def run(args, labels: str = "true", fit_seed: int | None = None) -> dict:
     """One fit; ``labels``: "true", "shuffled" (a random permutation of the units' domain
     labels) or "stationary" (one domain for all units: the domains cannot act);
@@ -163,29 +185,17 @@ def run(args, labels: str = "true", fit_seed: int | None = None) -> dict:
     start = time.perf_counter()
     _fit(model, args, fit_seed)
     seconds = time.perf_counter() - start
-    z_hat = model.get_latent_representation()
-    score, matching = mcc(data.z.reshape(-1, d), z_hat.reshape(-1, d), method="spearman",
-                          return_matching=True)
-    lags = data.n_lags
-    later = mcc(data.z[:, lags:].reshape(-1, d), z_hat[:, lags:].reshape(-1, d),
-                method="spearman")
+    scores, matching = _latent_scores(data, model.get_latent_representation())
     graph = graph_metrics(data.graph, model.lag_graph(), matching, threshold=0.5)
     return {
         "labels": labels,
-        "mcc": score,
-        "mcc_after_history": later,
-        "floor_rotation": entangled_floor(data.z.reshape(-1, d), method="spearman",
-                                          seed=0)["rotation"],
-        **_r2(data.z.reshape(-1, d), z_hat.reshape(-1, d)),
+        **scores,
         "min_target_prob": float(model.perturbation_targets().to_numpy().max(axis=1).min()),
         "shd": graph["shd"],
         "n_true_edges": int(data.graph.sum()),
         "precision": graph["precision"],
         "recall": graph["recall"],
-        "fit_seconds": seconds,
-        "compile_seconds": model.fit_info["compile_seconds"],
-        "fit_seed": model.fit_info["seed"],
-        "final_loss": restart_final_loss(model.history["loss"]),
+        **_fit_record(model, seconds),
     }
 
 
@@ -206,21 +216,8 @@ def run_vae(args, fit_seed: int | None = None) -> dict:
               seed=args.fit_seed if fit_seed is None else fit_seed, learning_rate=args.lr,
               progress=False)
     seconds = time.perf_counter() - start
-    z_hat = model.get_latent_representation().reshape(data.z.shape)
-    lags = data.n_lags
-    return {
-        "labels": "vae",
-        "mcc": mcc(data.z.reshape(-1, d), z_hat.reshape(-1, d), method="spearman"),
-        "mcc_after_history": mcc(data.z[:, lags:].reshape(-1, d),
-                                 z_hat[:, lags:].reshape(-1, d), method="spearman"),
-        "floor_rotation": entangled_floor(data.z.reshape(-1, d), method="spearman",
-                                          seed=0)["rotation"],
-        **_r2(data.z.reshape(-1, d), z_hat.reshape(-1, d)),
-        "fit_seconds": seconds,
-        "compile_seconds": model.fit_info["compile_seconds"],
-        "fit_seed": model.fit_info["seed"],
-        "final_loss": restart_final_loss(model.history["loss"]),
-    }
+    scores, _ = _latent_scores(data, model.get_latent_representation().reshape(data.z.shape))
+    return {"labels": "vae", **scores, **_fit_record(model, seconds)}
 
 
 def run_restarts(args, labels: str = "true") -> list[dict]:
@@ -264,10 +261,7 @@ def run_snapshot(args) -> dict:
         "n_true_edges": int(data.graph.sum()),
         "precision": graph["precision"],
         "recall": graph["recall"],
-        "fit_seconds": seconds,
-        "compile_seconds": model.fit_info["compile_seconds"],
-        "fit_seed": model.fit_info["seed"],
-        "final_loss": restart_final_loss(model.history["loss"]),
+        **_fit_record(model, seconds),
     }
 
 

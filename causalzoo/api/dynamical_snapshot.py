@@ -25,7 +25,7 @@ from numpyro.infer import Predictive
 
 from .._errors import CausalZooError
 from ..data.anndata import densify, get_counts
-from ..data.streaming import BackedRows, CellSource, dense_blocks, is_backed
+from ..data.streaming import BackedRows, CellSource, checked_on_disk, is_backed
 from ..data.validation import (
     check_count_matrix,
     check_nonempty,
@@ -219,11 +219,8 @@ def _check_finite(x: np.ndarray, where: str, obs_names, offset: int = 0) -> None
 
 
 def _expression(adata, registry: SnapshotRegistry) -> np.ndarray:
-    """The expression of ``adata``, dense in memory (a backed AnnData's too: read in
-    blocks, then held whole; :func:`_cells_expression` keeps it on disk)."""
-    if is_backed(adata):
-        x, _ = _expression_on_disk(adata, registry)
-        return x[0:x.shape[0]]
+    """The expression of an AnnData in memory, dense (:func:`_cells_expression` keeps a
+    backed one on disk)."""
     where = _check_features(adata, registry)
     matrix = get_counts(adata, registry.layer)
     if registry.count_data:
@@ -240,16 +237,15 @@ def _expression_on_disk(adata, registry: SnapshotRegistry) -> tuple[BackedRows, 
     sliced), validated a block of rows at a time as :func:`_expression` validates it all;
     and the rows' sums (``float32``, summed in the same pass as a dense ``x.sum(-1)``)."""
     where = _check_features(adata, registry)
-    matrix = get_counts(adata, registry.layer)
-    sums = np.empty(int(matrix.shape[0]), np.float32)
-    for a, b, stored, dense in dense_blocks(matrix):
+
+    def check_block(a, b, stored, dense):
         if registry.count_data:
             check_count_matrix(stored, count_data=True, where=f"{where} (rows {a}:{b})",
                                available_layers=list(adata.layers.keys()),
                                obs_names=adata.obs_names[a:b], var_names=adata.var_names)
         _check_finite(dense, where, adata.obs_names, a)
-        sums[a:b] = dense.sum(-1)
-    return BackedRows(matrix), sums
+
+    return checked_on_disk(get_counts(adata, registry.layer), check_block)
 
 
 def _cells_expression(adata, registry: SnapshotRegistry) -> tuple[Any, np.ndarray]:
@@ -422,7 +418,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
             count_data=bool(count_data),
         )
         # validates the values (a backed AnnData's a block of rows at a time)
-        (_expression_on_disk if is_backed(adata) else _expression)(adata, registry)
+        _cells_expression(adata, registry)
         store = dict(adata.uns.get("causalzoo", {}))
         store[_SETUP_KEY] = registry.to_dict()
         adata.uns["causalzoo"] = store

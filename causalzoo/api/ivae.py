@@ -23,7 +23,7 @@ from numpyro.infer import TraceMeanField_ELBO
 
 from .._errors import CausalZooError
 from ..data.anndata import get_counts
-from ..data.streaming import BackedRows, CellSource, dense_blocks, is_backed
+from ..data.streaming import BackedRows, CellSource, checked_on_disk, is_backed
 from ..inference import EarlyStopping
 from ..inference.nuts_fit import fit_by_method
 from ..models.ivae import IVAEConfig, ivae_encode, ivae_guide, ivae_model
@@ -184,12 +184,10 @@ def _observations_on_disk(adata, registry: IVAERegistry) -> tuple[BackedRows, np
     sliced), validated a block of rows at a time; and the rows' sums (``float32``), summed
     in the same pass as a dense ``x.sum(-1)`` would."""
     _check_features(adata, registry)
-    matrix = get_counts(adata, registry.layer)
-    sums = np.empty(int(matrix.shape[0]), np.float32)
-    for a, b, _, dense in dense_blocks(matrix):
-        _check_values(dense, registry, f" (rows {a}:{b})")
-        sums[a:b] = dense.sum(-1)
-    return BackedRows(matrix), sums
+    return checked_on_disk(
+        get_counts(adata, registry.layer),
+        lambda a, b, _, dense: _check_values(dense, registry, f" (rows {a}:{b})"),
+    )
 
 
 class IVAE(FittedState):
@@ -357,29 +355,30 @@ class IVAE(FittedState):
             )
 
     # ------------------------------------------------------------------ fitting
-    def _arrays(self, adata=None) -> dict[str, np.ndarray]:
+    def _arrays(self, adata=None, *, on_disk: bool = False) -> dict[str, Any]:
+        """Observations, auxiliary matrix and library sizes; with ``on_disk`` a backed
+        AnnData's observations stay on disk (:class:`~causalzoo.data.streaming.BackedRows`,
+        validated a block at a time and read a chunk of points at a time by whoever slices
+        them), otherwise they are dense in memory."""
         adata = self.adata if adata is None else adata
         if adata is None:
             raise CausalZooError(
                 "This model has no data attached: pass adata (cz.load(path, adata=...))."
             )
-        out = {"x": _observations(adata, self.registry), "u": _aux_matrix(adata, self.registry)}
-        if self.config.likelihood_block.uses_library:
-            out["library_size"] = np.maximum(out["x"].sum(-1), 1.0)
-        return out
-
-    def _arrays_to_encode(self, adata=None) -> dict[str, Any]:
-        """:meth:`_arrays`, except that a backed AnnData's observations stay on disk
-        (:class:`~causalzoo.data.streaming.BackedRows`, validated a block at a time and read
-        a chunk of points at a time by whoever slices them)."""
-        adata = self.adata if adata is None else adata
-        if adata is None or not is_backed(adata):
-            return self._arrays(adata)
-        x, sums = _observations_on_disk(adata, self.registry)
+        if on_disk and is_backed(adata):
+            x, sums = _observations_on_disk(adata, self.registry)
+        else:
+            x = _observations(adata, self.registry)
+            sums = x.sum(-1)
         out = {"x": x, "u": _aux_matrix(adata, self.registry)}
         if self.config.likelihood_block.uses_library:
             out["library_size"] = np.maximum(sums, 1.0)
         return out
+
+    def _arrays_to_encode(self, adata=None) -> dict[str, Any]:
+        """:meth:`_arrays` with a backed AnnData's observations left on disk (the name the
+        sparse perturbation model uses for the same thing)."""
+        return self._arrays(adata, on_disk=True)
 
     def _static_kwargs(self) -> dict[str, Any]:
         return {"config": self.config, "n_observed": self.registry.n_observed}

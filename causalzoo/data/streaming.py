@@ -67,7 +67,7 @@ __all__ = [
     "check_matrix_chunked",
     "control_batch_fn",
     "control_pools",
-    "dense_blocks",
+    "checked_on_disk",
     "is_backed",
     "row_sums",
 ]
@@ -450,19 +450,29 @@ def is_backed(adata: Any) -> bool:
     return bool(getattr(adata, "isbacked", False))
 
 
-def dense_blocks(matrix: Any, *, rows_per_read: int | None = None):
-    """The rows of an on-disk or in-memory matrix, a block at a time: yields ``(start, stop,
-    stored, dense)``, ``stored`` the block as the matrix returns it (dense or sparse) and
-    ``dense`` the same rows as ``float32``. A whole-data pass (validation, library sizes)
-    that holds one block of rows, not the matrix."""
+def checked_on_disk(matrix: Any, check_block, *, rows_per_read: int | None = None
+                    ) -> tuple[BackedRows, np.ndarray]:
+    """An on-disk matrix left on disk, after one pass over it a block of rows at a time
+    (never the whole matrix in memory): ``check_block(start, stop, stored, dense)`` sees each
+    block as the matrix returns it (dense or sparse) and as ``float32``, and may raise.
+
+    Returns
+    -------
+    BackedRows, numpy.ndarray
+        The rows (read when sliced) and their sums (``float32``, summed as a dense
+        ``x.sum(-1)`` would), computed in the same pass.
+    """
     rows_per_read = rows_per_read or _READ_ROWS
     n = int(matrix.shape[0])
+    sums = np.empty(n, np.float32)
     for a in range(0, n, rows_per_read):
         b = min(a + rows_per_read, n)
         piece = matrix[a:b]
         dense = (piece.tocsr().astype(np.float32).toarray() if sp.issparse(piece)
                  else np.asarray(piece, dtype=np.float32))
-        yield a, b, piece, dense
+        check_block(a, b, piece, dense)
+        sums[a:b] = dense.sum(-1)
+    return BackedRows(matrix), sums
 
 
 def row_sums(matrix: Any, *, rows_per_read: int | None = None) -> np.ndarray:

@@ -17,14 +17,18 @@ BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
-def bench_peers():
+def bench_dir():
+    """benchmarks/ on sys.path for the module's tests (its scripts import each other)."""
     sys.path.insert(0, str(BENCH_DIR))
     try:
-        import bench_peers
-
-        yield bench_peers
+        yield
     finally:
         sys.path.remove(str(BENCH_DIR))
+
+
+@pytest.fixture(scope="module")
+def bench_peers(bench_dir):
+    return importlib.import_module("bench_peers")
 
 
 def test_torch_missing_is_reported(bench_peers):
@@ -73,14 +77,8 @@ def test_engine_worker_round_trip(bench_peers, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bench_streaming():
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        import bench_streaming
-
-        yield bench_streaming
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+def bench_streaming(bench_dir):
+    return importlib.import_module("bench_streaming")
 
 
 def test_streaming_writer_appends_nb_counts_chunk_by_chunk(bench_streaming, tmp_path):
