@@ -37,7 +37,10 @@ _CHUNK = 1024
 
 
 def _encode_labels(u: np.ndarray, names: Sequence[str] | None):
-    """Integer codes and the string vocabulary of per-unit labels."""
+    """Integer codes (the shape of ``u``) and the string vocabulary of domain labels."""
+    if u.ndim > 1:
+        codes, vocabulary = _encode_labels(u.ravel(), names)
+        return codes.reshape(u.shape), vocabulary
     if names is not None:
         vocabulary = [str(n) for n in names]
         if len(set(vocabulary)) != len(vocabulary):
@@ -128,8 +131,10 @@ class DynamicalCausalVAE(FittedState):
     ----------
     x : array_like (n_units, n_steps, n_features)
         Observed sequences.
-    u : array_like of int (n_units,)
-        Domain code of each unit (``0..len(domain_names)-1``).
+    u : array_like of int (n_units,) or (n_units, n_steps)
+        Domain code of each unit (``0..len(domain_names)-1``), or of each step of each
+        unit (a perturbation switched on or off along a sequence: step ``t``'s code
+        changes the mechanisms that produce ``z_t``).
     domain_names : sequence of str
         The domain vocabulary.
     feature_names : sequence of str, optional
@@ -191,10 +196,10 @@ class DynamicalCausalVAE(FittedState):
             raise CausalZooError(
                 f"{len(self.feature_names)} feature_names for {self.n_features} features."
             )
-        if self.u.shape != (self.x.shape[0],):
+        if self.u.shape not in ((self.x.shape[0],), self.x.shape[:2]):
             raise CausalZooError(
-                f"u must hold one label per unit: shape ({self.x.shape[0]},); got "
-                f"{self.u.shape}."
+                f"u must hold one label per unit, shape ({self.x.shape[0]},), or per unit "
+                f"and step, shape {self.x.shape[:2]}; got {self.u.shape}."
             )
         if self.n_steps <= self.config.n_lags:
             raise CausalZooError(
@@ -218,8 +223,9 @@ class DynamicalCausalVAE(FittedState):
         feature_names: Sequence[str] | None = None,
         **config_kwargs,
     ) -> DynamicalCausalVAE:
-        """Build a model from sequences ``x (n_units, n_steps, n_features)`` and per-unit
-        domain labels ``u`` (strings or integer codes; ``None`` for a single domain).
+        """Build a model from sequences ``x (n_units, n_steps, n_features)`` and domain
+        labels ``u`` (strings or integer codes; ``None`` for a single domain), one per unit
+        ``(n_units,)`` or one per unit and step ``(n_units, n_steps)``.
 
         ``domain_names`` fixes the vocabulary (integer ``u`` then indexes it); by default it
         is the sorted distinct labels (or ``0..max(u)`` for integer codes).
@@ -227,7 +233,8 @@ class DynamicalCausalVAE(FittedState):
         x = np.asarray(x)
         if u is None:
             u = np.zeros(x.shape[0] if x.ndim else 0, np.int64)
-        u = check_unit_labels(u, x.shape[0] if x.ndim else 0)
+        u = check_unit_labels(u, x.shape[0] if x.ndim else 0,
+                              x.shape[1] if x.ndim > 1 else None)
         codes, vocabulary = _encode_labels(u, domain_names)
         return cls(x, codes, domain_names=vocabulary, feature_names=feature_names,
                    **config_kwargs)
@@ -424,6 +431,202 @@ class DynamicalCausalVAE(FittedState):
             z, z_inv = encode(self.params, jnp.asarray(batch), jnp.zeros(chunk, jnp.int32))
             outs.append(np.asarray(z if block == "dynamic" else z_inv)[: stop - start])
         return np.concatenate(outs)
+
+    def _label_codes(self, u) -> np.ndarray:
+        """Codes of known domain labels (strings or codes; any shape)."""
+        u = np.asarray(u)
+        if u.dtype == np.bool_ or not (np.issubdtype(u.dtype, np.integer)
+                                       or np.issubdtype(u.dtype, np.str_) or u.dtype == object):
+            raise CausalZooError(
+                f"u must hold domain labels (strings) or integer codes; got dtype {u.dtype}."
+            )
+        if np.issubdtype(u.dtype, np.integer):
+            bad = u[(u < 0) | (u >= self.n_domains)]
+            if bad.size:
+                raise CausalZooError(
+                    f"u holds code {int(bad.flat[0])}; the model knows {self.n_domains} "
+                    f"domains (codes 0..{self.n_domains - 1}: {self.domain_names})."
+                )
+            return u.astype(np.int32)
+        lookup = {name: i for i, name in enumerate(self.domain_names)}
+        unknown = sorted({str(v) for v in u.ravel()} - set(lookup))
+        if unknown:
+            raise CausalZooError(
+                f"Unknown domain label(s) {unknown[:5]}; the model knows {self.domain_names}."
+            )
+        return np.vectorize(lambda v: lookup[str(v)], otypes=[np.int32])(u)
+
+    def predict(
+        self,
+        u: ArrayLike | None = None,
+        *,
+        x: ArrayLike | None = None,
+        n_steps: int | None = None,
+        n_samples: int = 100,
+        seed: int = 0,
+        library_size: ArrayLike | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Sample whole sequences under domain labels ``u``, from scratch or continuing
+        observed histories: what the units would do in a domain, or if a perturbation were
+        switched on at some step.
+
+        Each sample draws the global latents from the posterior (lag graph, targets, mean
+        and noise-scale shifts, lag-weight changes), the paths from the learned transition
+        under ``u`` and the observations from the likelihood
+        (:func:`causalzoo.models.dynamical.forecast`).
+
+        Parameters
+        ----------
+        u : label, or array_like (units,) or (units, steps)
+            Known domain labels (or codes): one for all units, one per unit, or one per unit
+            and step (e.g. ``"ctrl"`` for the first steps and ``"drug"`` after). May be
+            omitted for a single-domain model.
+        x : array_like (units, s, features), optional
+            Observed histories (``s >= n_lags`` steps). Steps ``0..s-1`` of the paths are
+            held at the posterior means the encoder gives for them (the invariant block
+            too) and steps ``s..`` are drawn; without ``x`` the paths start from the
+            model's initial law.
+        n_steps : int, optional
+            Length of the sampled sequences (default: the labels' steps for per-step
+            labels, else the training length); longer than the training sequences
+            extrapolates the dynamics.
+        n_samples : int
+            Draws per unit.
+        seed : int
+            Seed of the draws.
+        library_size : float or array_like (units,) or (units, steps), optional
+            Library sizes of count likelihoods (default: each unit's mean over the steps of
+            ``x``, or the median over the training sequences).
+
+        Returns
+        -------
+        dict
+            ``"x"``: ``(n_samples, units, n_steps, features)`` sampled observations;
+            ``"z"``: ``(n_samples, units, n_steps, n_latent)`` the paths (with ``x``, the
+            first ``s`` steps are the encoded history).
+
+        Examples
+        --------
+        >>> out = m.predict("drug", n_samples=200)  # doctest: +SKIP
+        >>> u = np.where(np.arange(10) >= 4, "drug", "ctrl")[None]  # switch on at step 4
+        >>> out = m.predict(u.repeat(len(x), 0), x=x[:, :4])  # doctest: +SKIP
+        """
+        self._require_fit()
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or (
+                n_samples < 1):
+            raise CausalZooError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        if u is None:
+            if self.n_domains != 1:
+                raise CausalZooError(
+                    f"Pass `u`, the domain label(s) to predict under; the model knows "
+                    f"{self.domain_names}."
+                )
+            u = 0
+        codes = self._label_codes(u)
+        lags, k = self.config.n_lags, self.config.n_latent
+        prefix = z_inv = None
+        if x is not None:
+            x = np.asarray(x)
+            if x.ndim != 3 or x.shape[2] != self.n_features or not lags <= x.shape[1]:
+                raise CausalZooError(
+                    f"x must be the observed histories, shape (units, s, {self.n_features}) "
+                    f"with s >= n_lags = {lags}; got {x.shape}."
+                )
+            lik = self.config.likelihood_block
+            # a history needs n_lags steps (not n_lags + 1): the shape was checked above
+            x = check_sequence_array(x, n_lags=lags - 1, count_data=lik.count_data,
+                                     likelihood=lik.name)
+        n_units = (x.shape[0] if x is not None else codes.shape[0] if codes.ndim else 1)
+        if codes.ndim == 0:
+            codes = np.full(n_units, codes, np.int32)
+        if codes.ndim > 2 or codes.shape[0] != n_units:
+            raise CausalZooError(
+                f"u must hold one label, one per unit ({n_units},) or one per unit and step "
+                f"({n_units}, steps); got shape {codes.shape}."
+            )
+        default_steps = codes.shape[1] if codes.ndim == 2 else self.n_steps
+        n_steps = default_steps if n_steps is None else n_steps
+        if isinstance(n_steps, bool) or not isinstance(n_steps, (int, np.integer)) or (
+                n_steps <= lags):
+            raise CausalZooError(f"n_steps must be an integer > n_lags = {lags}; got "
+                                 f"{n_steps!r}.")
+        if codes.ndim == 2 and codes.shape[1] != n_steps:
+            raise CausalZooError(
+                f"Per-step labels have {codes.shape[1]} steps but n_steps={n_steps}."
+            )
+        if x is not None:
+            if x.shape[1] > n_steps:
+                raise CausalZooError(
+                    f"x has {x.shape[1]} steps, more than the n_steps={n_steps} to predict."
+                )
+            prefix, z_inv = self._encoder()(self.params, jnp.asarray(x, jnp.float32),
+                                            jnp.zeros(n_units, jnp.int32))
+            if not self.config.n_latent_invariant:
+                z_inv = None
+        library = self._predict_library(library_size, x, n_units, n_steps)
+
+        per_draw = n_units * int(n_steps) * (self.n_features + k)
+        chunk = int(max(1, min(n_samples, 2 ** 24 // max(per_draw, 1))))
+        sampler = self._forecaster()
+        keys = jax.random.split(jax.random.key(seed), n_samples)
+        zs, xs = [], []
+        for start in range(0, n_samples, chunk):
+            batch = keys[start:start + chunk]
+            if batch.shape[0] < chunk:  # one compiled shape: pad the last chunk
+                batch = jnp.concatenate([batch, keys[:chunk - batch.shape[0]]])
+            z, x_new = sampler(self.params, batch, jnp.asarray(codes), prefix, z_inv, library,
+                               n_steps=int(n_steps))
+            stop = min(chunk, n_samples - start)
+            zs.append(np.asarray(z)[:stop])
+            xs.append(np.asarray(x_new)[:stop])
+        return {"x": np.concatenate(xs), "z": np.concatenate(zs)}
+
+    def _forecaster(self):
+        """``(params, keys, codes, prefix, z_inv, library, n_steps) -> (z, x)``, one draw of
+        :func:`causalzoo.models.dynamical.forecast` per key, compiled once per shape."""
+        from ..models.dynamical import forecast
+
+        cache = self.__dict__.setdefault("_compiled_fns", {})
+        if "forecast" not in cache:
+            static = dict(n_features=self.n_features, n_domains=self.n_domains,
+                          config=self.config)
+
+            def sample(params, keys, codes, prefix, z_inv, library, n_steps):
+                def draw(key):
+                    return forecast(params, key, codes, prefix=prefix, z_inv=z_inv,
+                                    n_steps=n_steps, library_size=library, **static)
+
+                return jax.vmap(draw)(keys)
+
+            cache["forecast"] = jax.jit(sample, static_argnames="n_steps")
+        return cache["forecast"]
+
+    def _predict_library(self, library_size, x, n_units, n_steps):
+        if not self.config.likelihood_block.uses_library:
+            return None
+        if library_size is None:
+            if x is not None:
+                library_size = np.maximum(x.sum(-1), 1.0).mean(axis=1)
+            elif self.x is not None:
+                library_size = float(np.median(np.maximum(self.x.sum(-1), 1.0)))
+            else:
+                raise CausalZooError(
+                    "This model was loaded without its sequences: pass library_size= (the "
+                    "counts per unit and step) to predict counts."
+                )
+        lib = np.asarray(library_size, np.float32)
+        if lib.ndim == 1:
+            lib = lib[:, None]
+        try:
+            lib = np.broadcast_to(lib, (n_units, n_steps))
+        except ValueError:
+            raise CausalZooError(
+                f"library_size must be a number, (units,) or (units, steps) = ({n_units}, "
+                f"{n_steps}); got shape {np.shape(library_size)}."
+            ) from None
+        if not (np.isfinite(lib).all() and (lib > 0).all()):
+            raise CausalZooError("library_size must be finite and > 0.")
+        return jnp.asarray(lib)
 
     def lag_graph(self) -> np.ndarray:
         """Posterior edge probabilities of the lag graph, shape ``(n_lags, n_latent,

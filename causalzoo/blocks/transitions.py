@@ -210,8 +210,9 @@ def scan_lagged(step, initial, eps):
         ``(window (..., L, k), eps_t) -> (z_t (..., k), output_t)`` (any pytree output).
     initial : array (..., L, k)
         The first ``L`` states in time order.
-    eps : array (n, ...)
-        The noise of the ``n`` later steps, time first.
+    eps : array (n, ...) or pytree of them
+        The noise (and any other per-step input) of the ``n`` later steps, time first;
+        ``step`` gets step ``t``'s slice.
 
     Returns
     -------
@@ -234,18 +235,28 @@ def scan_lagged(step, initial, eps):
 
 class _LaggedPath(dist.Distribution):
     """Shared machinery of the path distributions: the initial law of the first ``L``
-    steps, the lagged windows, and prior sampling by ``lax.scan`` over a step function."""
+    steps, the lagged windows, the per-unit (or per-step) domain arguments, and prior
+    sampling by ``lax.scan`` over a step function.
+
+    ``shift``, ``scale`` and ``initial_scale`` are ``(..., k)`` (one value per unit) or,
+    with ``per_step=True``, ``(..., T, k)`` (step ``t``'s value acts on the law of
+    ``z_t``: labels per step). ``weight_shift`` (optional) adds to the linear lag weights:
+    ``(..., k, L, k)`` indexed ``[child, lag, parent]``, or ``(..., T, k, L, k)`` per step;
+    step ``t`` then gains ``sum_{l, j} weight_shift[i, l, j] z_{t-l-1, j}`` in the mean
+    of ``z_{t, i}`` (a domain that changes the dynamics, as in TDRL)."""
 
     arg_constraints = {
         "shift": constraints.real,
         "scale": constraints.positive,
         "initial_scale": constraints.positive,
     }
+    pytree_data_fields = ("shift", "scale", "initial_scale", "weight_shift")
+    pytree_aux_fields = ("n_lags", "initial_shift", "per_step")
     support = constraints.independent(constraints.real, 2)
     reparametrized_params = ["shift", "scale", "initial_scale"]
 
     def __init__(self, shift, scale, initial_scale, *, initial_shift: bool, n_steps: int,
-                 n_lags: int, validate_args=None):
+                 n_lags: int, per_step: bool = False, weight_shift=None, validate_args=None):
         if n_steps <= n_lags:
             raise CausalZooError(
                 f"Sequences of {n_steps} steps are too short for {n_lags} lag(s): need at "
@@ -253,12 +264,30 @@ class _LaggedPath(dist.Distribution):
             )
         self.n_lags = n_lags
         self.initial_shift = bool(initial_shift)
+        self.per_step = bool(per_step)
         self.shift, self.scale, self.initial_scale = jnp.broadcast_arrays(
             shift, scale, initial_scale
         )
         k = jnp.shape(self.shift)[-1]
+        unit_axes = -2 if self.per_step else -1
+        if self.per_step and (jnp.ndim(self.shift) < 2 or jnp.shape(self.shift)[-2] != n_steps):
+            raise CausalZooError(
+                f"Per-step shifts need shape (..., {n_steps}, k); got "
+                f"{jnp.shape(self.shift)}."
+            )
+        batch_shape = jnp.shape(self.shift)[:unit_axes]
+        if weight_shift is not None:
+            expected = ((n_steps,) if self.per_step else ()) + (k, n_lags, k)
+            if tuple(jnp.shape(weight_shift)[-len(expected):]) != expected:
+                raise CausalZooError(
+                    f"weight_shift must end in {expected} ([step,] child, lag, parent); got "
+                    f"{jnp.shape(weight_shift)}."
+                )
+            batch_shape = jnp.broadcast_shapes(batch_shape,
+                                               jnp.shape(weight_shift)[:-len(expected)])
+        self.weight_shift = weight_shift
         super().__init__(
-            batch_shape=jnp.shape(self.shift)[:-1],
+            batch_shape=batch_shape,
             event_shape=(n_steps, k),
             validate_args=validate_args,
         )
@@ -267,10 +296,35 @@ class _LaggedPath(dist.Distribution):
         """The lagged windows ``(..., T - L, L, k)`` of a path (lag 1 first)."""
         return lag_windows(value, self.n_lags)
 
+    def _later(self, a, event_dims=1):
+        """A per-unit or per-step argument aligned with steps ``L..T-1`` (time axis before
+        its last ``event_dims`` axes)."""
+        if self.per_step:
+            return a[(..., slice(self.n_lags, None)) + (slice(None),) * event_dims]
+        return jnp.expand_dims(a, -1 - event_dims)
+
+    def _initial(self, a):
+        return a[..., :self.n_lags, :] if self.per_step else a[..., None, :]
+
+    def _weight_term(self, window, weight_shift):
+        """The domain's lag-weight change at a window ``(..., L, k)``, ``(..., k)``."""
+        if weight_shift is None:
+            return 0.0
+        return (window[..., None, :, :] * weight_shift).sum((-2, -1))
+
+    def _later_loc_shift(self, value):
+        """What the domain adds to the means of steps ``L..T-1``: its mean shift plus the
+        lag-weight change, ``(..., T - L, k)``."""
+        shift = self._later(self.shift)
+        if self.weight_shift is None:
+            return shift
+        return shift + self._weight_term(self.windows(value),
+                                         self._later(self.weight_shift, event_dims=3))
+
     def _initial_log_prob(self, value):
         lags = self.n_lags
-        initial_loc = self.shift[..., None, :] if self.initial_shift else 0.0
-        initial = dist.Normal(initial_loc, self.initial_scale[..., None, :])
+        initial_loc = self._initial(self.shift) if self.initial_shift else 0.0
+        initial = dist.Normal(initial_loc, self._initial(self.initial_scale))
         return initial.log_prob(value[..., :lags, :]).sum(-1)
 
     def _later_log_prob(self, value):  # pragma: no cover - interface
@@ -291,23 +345,72 @@ class _LaggedPath(dist.Distribution):
         raise NotImplementedError
 
     def sample(self, key, sample_shape=()):
-        lags, (n_steps, k) = self.n_lags, self.event_shape
+        lags, k = self.n_lags, self.event_shape[1]
         shape = sample_shape + self.batch_shape
         key_init, key_eps = jax.random.split(key)
-        shift = jnp.broadcast_to(self.shift, shape + (k,))
-        scale = jnp.broadcast_to(self.scale, shape + (k,))
-        initial_scale = jnp.broadcast_to(self.initial_scale, shape + (k,))
         initial = jax.random.normal(key_init, shape + (lags, k))
-        initial = initial_scale[..., None, :] * initial
+        initial = self._initial(self._full(self.initial_scale, shape, (k,))) * initial
         if self.initial_shift:
-            initial = initial + shift[..., None, :]
-        eps = self._noise(key_eps, (n_steps - lags,) + shape + (k,))
+            initial = initial + self._initial(self._full(self.shift, shape, (k,)))
+        return self._roll(key_eps, initial, shape)
 
-        def step(window, e):
-            z = self._step(window, e, shift, scale)
+    def forecast(self, key, prefix, sample_shape=()):
+        """Continue given paths: ``prefix (..., s, k)`` holds steps ``0..s-1`` (``L <= s
+        <= T``); steps ``s..T-1`` are drawn from the transition with this distribution's
+        (per-unit or per-step) arguments. Returns ``sample_shape + batch_shape + (T, k)``,
+        the prefix included unchanged.
+
+        Examples
+        --------
+        >>> import jax, jax.numpy as jnp
+        >>> d = LaggedTransition(lambda w: w[..., 0, :], jnp.zeros((2, 1)),
+        ...                      jnp.full((2, 1), 1e-6), n_steps=4, n_lags=1)
+        >>> d.forecast(jax.random.key(0), jnp.array([[[1.0]], [[2.0]]]))[..., 0].round(3)
+        Array([[1., 1., 1., 1.],
+               [2., 2., 2., 2.]], dtype=float32)
+        """
+        n_steps, k = self.event_shape
+        s = jnp.shape(prefix)[-2]
+        if not self.n_lags <= s <= n_steps or jnp.shape(prefix)[-1] != k:
+            raise CausalZooError(
+                f"A forecast starts from steps 0..s-1 of the paths, shape (..., s, {k}) with "
+                f"{self.n_lags} <= s <= {n_steps} (at least the {self.n_lags} lag(s)); got "
+                f"{jnp.shape(prefix)}."
+            )
+        shape = sample_shape + self.batch_shape
+        return self._roll(key, jnp.broadcast_to(prefix, shape + (s, k)), shape)
+
+    def _full(self, a, shape, event):
+        return jnp.broadcast_to(a, shape + ((self.event_shape[0],) if self.per_step else ())
+                                + event)
+
+    def _roll(self, key, initial, shape):
+        """Steps ``s..T-1`` after ``initial`` (``shape + (s, k)``, ``s >= L``), by
+        ``lax.scan``; returns the whole path."""
+        lags, (n_steps, k) = self.n_lags, self.event_shape
+        start = initial.shape[-2]
+        shift, scale = (self._full(a, shape, (k,)) for a in (self.shift, self.scale))
+        weights = (None if self.weight_shift is None
+                   else self._full(self.weight_shift, shape, (k, lags, k)))
+        eps = self._noise(key, (n_steps - start,) + shape + (k,))
+        if self.per_step:  # the later steps' arguments ride along the scan, time first
+            n_event = {"shift": 1, "scale": 1, "weights": 3}
+            xs = {"shift": shift, "scale": scale, "weights": weights}
+            xs = {name: None if a is None else jnp.moveaxis(
+                      a[(..., slice(start, None)) + (slice(None),) * n_event[name]],
+                      -1 - n_event[name], 0)
+                  for name, a in xs.items()}
+        else:
+            xs = None
+
+        def step(window, inputs):
+            e, args = inputs
+            args = args or {"shift": shift, "scale": scale, "weights": weights}
+            z = self._step(window, e, args["shift"] + self._weight_term(window, args["weights"]),
+                           args["scale"])
             return z, z
 
-        later = scan_lagged(step, initial, eps)
+        later = scan_lagged(step, initial[..., start - lags:, :], (eps, xs))
         return jnp.concatenate([initial, jnp.moveaxis(later, 0, -2)], axis=-2)
 
     @property
@@ -338,6 +441,12 @@ class LaggedTransition(_LaggedPath):
         Whether ``shift`` applies to the first ``n_lags`` steps too.
     n_steps, n_lags : int
         Path length ``T`` and number of lags ``L`` (``T > L``).
+    per_step : bool
+        ``shift``, ``scale`` and ``initial_scale`` carry a time axis, ``(..., T, k)``:
+        labels per step, step ``t``'s value acting on the law of ``z_t``.
+    weight_shift : array (..., k, L, k) or (..., T, k, L, k), optional
+        Per-unit (per-step) change of the linear lag weights, ``[child, lag, parent]``,
+        added to the mean: a domain that changes the dynamics (TDRL).
 
     Examples
     --------
@@ -349,20 +458,22 @@ class LaggedTransition(_LaggedPath):
     ((3, 5, 2), (3,))
     """
 
-    pytree_aux_fields = ("mean_fn", "n_lags", "initial_shift")
+    pytree_aux_fields = ("mean_fn",)
 
     def __init__(self, mean_fn, shift, scale, initial_scale=1.0, *, initial_shift: bool = True,
-                 n_steps: int, n_lags: int, validate_args=None):
+                 n_steps: int, n_lags: int, per_step: bool = False, weight_shift=None,
+                 validate_args=None):
         self.mean_fn = mean_fn
         super().__init__(shift, scale, initial_scale, initial_shift=initial_shift,
-                         n_steps=n_steps, n_lags=n_lags, validate_args=validate_args)
+                         n_steps=n_steps, n_lags=n_lags, per_step=per_step,
+                         weight_shift=weight_shift, validate_args=validate_args)
 
     def transition_loc(self, value):
         """Mean of steps ``L..T-1`` given the path, ``(..., T - L, k)``."""
-        return self.mean_fn(self.windows(value)) + self.shift[..., None, :]
+        return self.mean_fn(self.windows(value)) + self._later_loc_shift(value)
 
     def _later_log_prob(self, value):
-        later = dist.Normal(self.transition_loc(value), self.scale[..., None, :])
+        later = dist.Normal(self.transition_loc(value), self._later(self.scale))
         return later.log_prob(value[..., self.n_lags:, :]).sum(-1)
 
     def _step(self, window, eps, shift, scale):
@@ -384,7 +495,7 @@ class FlowLaggedTransition(_LaggedPath):
     ----------
     flow_fn : callable
         ``window (..., L, k) -> FlowParams`` of ``(..., k)`` arrays.
-    shift, scale, initial_scale, initial_shift, n_steps, n_lags
+    shift, scale, initial_scale, initial_shift, n_steps, n_lags, per_step, weight_shift
         As in :class:`LaggedTransition`.
     base : {"normal", "laplace"}
         Base distribution of the noise ``eps`` (unit variance).
@@ -402,15 +513,17 @@ class FlowLaggedTransition(_LaggedPath):
     ((3, 5, 2), (3,), (3, 4, 2))
     """
 
-    pytree_aux_fields = ("flow_fn", "n_lags", "initial_shift", "base")
+    pytree_aux_fields = ("flow_fn", "base")
 
     def __init__(self, flow_fn, shift, scale, initial_scale=1.0, *, base: str = "normal",
-                 initial_shift: bool = True, n_steps: int, n_lags: int, validate_args=None):
+                 initial_shift: bool = True, n_steps: int, n_lags: int, per_step: bool = False,
+                 weight_shift=None, validate_args=None):
         _check_choice("flow_base", base, FLOW_BASES)
         self.flow_fn = flow_fn
         self.base = base
         super().__init__(shift, scale, initial_scale, initial_shift=initial_shift,
-                         n_steps=n_steps, n_lags=n_lags, validate_args=validate_args)
+                         n_steps=n_steps, n_lags=n_lags, per_step=per_step,
+                         weight_shift=weight_shift, validate_args=validate_args)
 
     def step_params(self, window, shift, scale):
         """``(loc, scale, skew, log_tail)`` of the step given its window and the domain's
@@ -420,13 +533,13 @@ class FlowLaggedTransition(_LaggedPath):
 
     def inverse(self, value):
         """The noise ``eps`` of steps ``L..T-1`` of a path, ``(..., T - L, k)``."""
-        params = self.step_params(self.windows(value), self.shift[..., None, :],
-                                  self.scale[..., None, :])
+        params = self.step_params(self.windows(value), self._later_loc_shift(value),
+                                  self._later(self.scale))
         return flow_inverse(value[..., self.n_lags:, :], *params)
 
     def _later_log_prob(self, value):
-        params = self.step_params(self.windows(value), self.shift[..., None, :],
-                                  self.scale[..., None, :])
+        params = self.step_params(self.windows(value), self._later_loc_shift(value),
+                                  self._later(self.scale))
         return flow_log_prob(value[..., self.n_lags:, :], *params, base=self.base).sum(-1)
 
     def _noise(self, key, shape):
@@ -438,7 +551,7 @@ class FlowLaggedTransition(_LaggedPath):
 
 def lagged_transition(prior: str, fn, shift, scale, initial_scale=1.0, *,
                       base: str = "normal", initial_shift: bool = True, n_steps: int,
-                      n_lags: int):
+                      n_lags: int, per_step: bool = False, weight_shift=None):
     """The path distribution of a prior by name: ``"gaussian"`` gives
     :class:`LaggedTransition` (``fn`` is the mean function), ``"flow"`` gives
     :class:`FlowLaggedTransition` (``fn`` returns :class:`FlowParams`).
@@ -454,9 +567,11 @@ def lagged_transition(prior: str, fn, shift, scale, initial_scale=1.0, *,
     if prior == "flow":
         return FlowLaggedTransition(fn, shift, scale, initial_scale, base=base,
                                     initial_shift=initial_shift, n_steps=n_steps,
-                                    n_lags=n_lags)
+                                    n_lags=n_lags, per_step=per_step,
+                                    weight_shift=weight_shift)
     return LaggedTransition(fn, shift, scale, initial_scale, initial_shift=initial_shift,
-                            n_steps=n_steps, n_lags=n_lags)
+                            n_steps=n_steps, n_lags=n_lags, per_step=per_step,
+                            weight_shift=weight_shift)
 
 
 # ---------------------------------------------------------------- mechanisms inside a model

@@ -90,35 +90,39 @@ def check_sequence_array(x: Any, *, n_lags: int, count_data: bool,
     return x.astype(np.float32)
 
 
-def check_unit_labels(u: Any, n_units: int) -> np.ndarray:
-    """Validate per-unit labels: integer codes (>= 0) or non-empty strings, one per unit.
+def check_unit_labels(u: Any, n_units: int, n_steps: int | None = None) -> np.ndarray:
+    """Validate domain labels: integer codes (>= 0) or non-empty strings, one per unit
+    (shape ``(n_units,)``) or, when ``n_steps`` is given, optionally one per unit and step
+    (shape ``(n_units, n_steps)``).
 
     Float, NaN, boolean and mixed labels are refused rather than cast, since a cast would
     merge or invent domains silently.
     """
     u = np.asarray(u)
-    if u.ndim != 1:
+    shapes = [(n_units,)] + ([(n_units, n_steps)] if n_steps is not None else [])
+    if u.shape not in shapes:
+        per_step = (f" or one per unit and step: shape ({n_units}, {n_steps})"
+                    if n_steps is not None else "")
         raise CausalZooError(
-            f"u must be 1-D, one label per unit; got shape {u.shape} (labels per step are "
-            "not supported yet)."
+            f"u must hold one label per unit: shape ({n_units},){per_step}; got {u.shape}."
         )
-    if u.shape[0] != n_units:
-        raise CausalZooError(
-            f"u must hold one label per unit: shape ({n_units},); got {u.shape}."
-        )
+    flat = u.ravel()
     if u.dtype == np.bool_ or not (np.issubdtype(u.dtype, np.integer)
                                    or np.issubdtype(u.dtype, np.str_)
-                                   or (u.dtype == object and all(isinstance(v, str) for v in u))):
-        example = next((v for v in u if not isinstance(v, (str, np.str_))), u[:1])
+                                   or (u.dtype == object
+                                       and all(isinstance(v, str) for v in flat))):
+        example = next((v for v in flat if not isinstance(v, (str, np.str_))), flat[:1])
         raise CausalZooError(
             f"u must hold integer codes or strings; got dtype {u.dtype} (e.g. {example!r}). "
             "Map the labels to strings or integer codes explicitly (a float, NaN or boolean "
             "label is not cast)."
         )
     if not np.issubdtype(u.dtype, np.integer):
-        empty = [i for i, v in enumerate(u) if not str(v).strip()]
+        empty = [i for i, v in enumerate(flat) if not str(v).strip()]
         if empty:
+            where = np.unravel_index(empty[0], u.shape)
             raise CausalZooError(
-                f"u has empty labels (e.g. unit {empty[0]}); give every unit a domain name."
+                f"u has empty labels (e.g. at {tuple(int(i) for i in where)}); give every "
+                "unit a domain name."
             )
     return u

@@ -148,10 +148,18 @@ def _acting_domain_shifts(config, active=1.0):
             return {}
         mean, log_scale = domain_shifts(config, posterior["target"], posterior["mean_shift"],
                                         posterior["log_scale_shift"])
-        return {
+        out = {
             "domain_shift": (["domains", "latents"], active * np.asarray(mean)),
             "domain_log_scale_shift": (["domains", "latents"], active * np.asarray(log_scale)),
         }
+        if "weight_shift" in posterior and "lag_graph" in posterior:
+            # what a domain adds to the lag weights: gated by its targets and the graph
+            weights = (np.asarray(posterior["target"])[..., None, None]
+                       * np.asarray(posterior["weight_shift"])
+                       * np.asarray(posterior["lag_graph"])[..., None, :, :, :])
+            out["domain_weight_shift"] = (["domains", "latents", "lags", "parents"],
+                                          active * weights)
+        return out
 
     return derived
 
@@ -181,10 +189,12 @@ def dynamical_source(fitted, data=None) -> PosteriorSource:
             )
         x = fitted._check_x(data["x"])
         u = np.asarray(data.get("u", np.zeros(x.shape[0], np.int32)), np.int32)
-        if x.shape[1:] != (fitted.n_steps, fitted.n_features) or u.shape != (x.shape[0],):
+        if x.shape[1:] != (fitted.n_steps, fitted.n_features) or u.shape not in (
+                (x.shape[0],), x.shape[:2]):
             raise CausalZooError(
                 f"x has shape {x.shape} and u {u.shape}; the model was fitted on (units, "
-                f"{fitted.n_steps}, {fitted.n_features}) with one code per unit."
+                f"{fitted.n_steps}, {fitted.n_features}) with one code per unit (units,) "
+                "or per unit and step (units, steps)."
             )
     config = fitted.config
     cell_data = {"x": np.asarray(x, np.float32), "u": u}
@@ -206,6 +216,7 @@ def dynamical_source(fitted, data=None) -> PosteriorSource:
             "z": ["steps", "latents"],
             "z_inv": ["latents_invariant"],
             "lag_graph": ["lags", "parents"],
+            "weight_shift": ["lags", "parents"],
             "x": ["steps", "features"],
         },
         coords={
@@ -219,8 +230,9 @@ def dynamical_source(fitted, data=None) -> PosteriorSource:
         },
         cell_names=[f"unit{i}" for i in range(cell_data["x"].shape[0])],
         constant_data={
-            "u": (["units"], u),
-            "domain": (["units"], np.asarray(fitted.domain_names, dtype=str)[u]),
+            "u": (["units", "steps"][:u.ndim], u),
+            "domain": (["units", "steps"][:u.ndim],
+                       np.asarray(fitted.domain_names, dtype=str)[u]),
         },
         sample_stats={"elbo": (["step"], -loss)},
         derived=derived,

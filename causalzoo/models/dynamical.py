@@ -54,7 +54,14 @@ The invariant block ``z_inv`` is claimed only up to a block-invertible map.
 Snapshot mode (each cell measured once, at its own time point) is
 :mod:`causalzoo.models.dynamical_snapshot`: the same mechanisms, with cells drawn from the
 population law at their time step.
-Not implemented yet (see ``docs/models/dynamical.md``): domain labels per step.
+Labels per step: with ``u`` of shape ``(units, steps)`` step ``t``'s code changes the
+mechanisms that produce ``z_t`` (a perturbation switched on or off along a sequence, as in
+CITRIS's per-step interventions).
+With ``weight_shift_scale`` set a domain also changes the linear lag weights of its targets
+(TDRL's changing causal dynamics)::
+
+    weight_shift_dilj ~ Normal(0, weight_shift_scale^2)
+    f_i^u(.) = f_i(.) + sum_{l, j} target_{u,i} G_l[i, j] weight_shift_{u,i,l,j} z_{t-l,j}
 
 References
 ----------
@@ -100,7 +107,9 @@ __all__ = [
     "domain_shifts",
     "dynamical_guide",
     "dynamical_model",
+    "forecast",
     "global_guide",
+    "weight_shifts",
 ]
 
 NETWORK_NAMES = ("decoder", "encoder", "encoder_invariant", "transition")
@@ -151,6 +160,13 @@ class DynamicalConfig:
         latent's (``log_scale_shift`` ungated, LEAP's non-stationary noise model, in which
         the noise of every variable may change across domains), the targets then gating the
         mean shifts only.
+    weight_shift_scale : float, optional
+        Let a domain change the **dynamics** of its targets, not only their mean and noise
+        scale: per domain, target and lagged parent a weight change
+        ``weight_shift[d, i, l, j] ~ Normal(0, weight_shift_scale^2)``, gated by the
+        target indicator and the lag graph, added to the linear lag weights (TDRL's
+        changing causal dynamics). ``None`` (default) leaves the lag weights shared by all
+        domains. Sequence mode only.
     modulate_history : bool
         Let the domain's mean and log-scale shifts act on the first ``n_lags`` steps too
         (default: those steps are N(0, I), as in LEAP and TDRL).
@@ -193,6 +209,7 @@ class DynamicalConfig:
     shift_scale: float = 1.0
     log_scale_shift_scale: float = 1.0
     noise_modulation: str = "targets"
+    weight_shift_scale: float | None = None
     modulate_history: bool = False
     posterior: str = "diagonal"
     observation_scale: float | None = None
@@ -217,6 +234,13 @@ class DynamicalConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise CausalZooError(f"{name} must be > 0; got {value!r}.")
+        ws = self.weight_shift_scale
+        if ws is not None and (isinstance(ws, bool) or not isinstance(ws, (int, float))
+                               or not ws > 0):
+            raise CausalZooError(
+                f"weight_shift_scale must be a number > 0, or None to keep the lag weights "
+                f"shared by all domains; got {ws!r}."
+            )
         if self.transition not in TRANSITIONS:
             raise CausalZooError(
                 f"transition={self.transition!r}: use one of {list(TRANSITIONS)} (for the "
@@ -325,10 +349,14 @@ def _shapes(x, u, n_steps, n_features, n_domains):
     if u is None:
         raise CausalZooError(
             "The dynamical model needs `u`, the integer domain/perturbation code of each unit "
-            "(shape (units,)); use zeros for a single domain."
+            "(shape (units,)) or of each step (shape (units, steps)); use zeros for a single "
+            "domain."
         )
-    if jnp.ndim(u) != 1:
-        raise CausalZooError(f"u must be 1-D (one code per unit); got shape {jnp.shape(u)}.")
+    if jnp.ndim(u) not in (1, 2):
+        raise CausalZooError(
+            f"u must be 1-D (one code per unit) or 2-D (one code per unit and step); got "
+            f"shape {jnp.shape(u)}."
+        )
     if x is not None:
         if jnp.ndim(x) != 3:
             raise CausalZooError(
@@ -337,6 +365,11 @@ def _shapes(x, u, n_steps, n_features, n_domains):
         if x.shape[0] != u.shape[0]:
             raise CausalZooError(f"x has {x.shape[0]} units but u has {u.shape[0]}.")
         n_steps, n_features = x.shape[1], x.shape[2]
+    if jnp.ndim(u) == 2 and n_steps is not None and u.shape[1] != n_steps:
+        raise CausalZooError(
+            f"u has {u.shape[1]} steps per unit but the sequences have {n_steps}: per-step "
+            "labels need one code per unit and step."
+        )
     if n_steps is None or n_features is None:
         raise CausalZooError(
             "Pass `n_steps` and `n_features` when `x` is None (e.g. for prior predictive draws)."
@@ -437,6 +470,32 @@ def domain_shifts(config: DynamicalConfig, target, mean_shift, log_scale_shift):
     return target * mean_shift, gated_log_scale
 
 
+def weight_shifts(n_domains: int, config: DynamicalConfig, lag_graph, target):
+    """The domains' changes of the lag weights, ``(n_domains, k, L, k)`` indexed ``[domain,
+    child, lag, parent]`` (declares the site ``"weight_shift"``; call inside a model), or
+    ``None`` when ``config.weight_shift_scale`` is None. A change acts only on the domain's
+    targets and along edges of the lag graph.
+
+    Examples
+    --------
+    >>> from numpyro import handlers
+    >>> cfg = DynamicalConfig(n_latent=2, n_lags=1, weight_shift_scale=0.5)
+    >>> with handlers.seed(rng_seed=0):
+    ...     w = weight_shifts(3, cfg, jnp.ones((2, 1, 2)), jnp.ones((3, 2)))
+    >>> w.shape
+    (3, 2, 1, 2)
+    """
+    if config.weight_shift_scale is None:
+        return None
+    k, lags = config.n_latent, config.n_lags
+    with numpyro.plate("latents", k, dim=-1), numpyro.plate("domains", n_domains, dim=-2):
+        change = numpyro.sample(
+            "weight_shift",
+            dist.Normal(0.0, config.weight_shift_scale).expand([lags, k]).to_event(2),
+        )
+    return target[..., None, None] * change * lag_graph
+
+
 def dynamical_model(
     x=None,
     u=None,
@@ -455,8 +514,9 @@ def dynamical_model(
     ----------
     x : array (units, steps, features), optional
         Observed sequences (counts for count likelihoods); ``None`` to sample.
-    u : array of int (units,)
-        Domain / perturbation code of each unit, in ``0..n_domains-1``.
+    u : array of int (units,) or (units, steps)
+        Domain / perturbation code of each unit, in ``0..n_domains-1``, or of each step
+        (step ``t``'s code changes the mechanisms that produce ``z_t``).
     library_size : array (units, steps), optional
         Library sizes for count likelihoods; defaults to ``x.sum(-1)``.
     n_units : int, optional
@@ -492,7 +552,10 @@ def dynamical_model(
     )
 
     shift, domain_log_scale = domain_shifts(config, target, mean_shift, log_scale_shift)
+    weights = weight_shifts(n_domains, config, lag_graph, target)
+    # u (units,) or (units, steps): indexing gives per-unit or per-step arguments
     shift, domain_log_scale = shift[u], domain_log_scale[u]
+    weights = None if weights is None else weights[u]
     z_inv = None
     with _scaled(n_batch, n_units or n_cells):
         with numpyro.plate("units", n_batch, dim=-1):
@@ -506,7 +569,8 @@ def dynamical_model(
                     config.prior, fn, shift, jnp.exp(log_sigma + domain_log_scale),
                     jnp.exp(domain_log_scale) if config.modulate_history else 1.0,
                     base=config.flow_base, initial_shift=config.modulate_history,
-                    n_steps=n_steps, n_lags=lags,
+                    n_steps=n_steps, n_lags=lags, per_step=jnp.ndim(u) == 2,
+                    weight_shift=weights,
                 ),
             )
         h = z if z_inv is None else jnp.concatenate(
@@ -518,6 +582,54 @@ def dynamical_model(
     return {"z_inv": z_inv, "z": z, "lag_graph": lag_graph, "target": target, "x": x}
 
 
+def forecast(params, key, u, *, prefix=None, z_inv=None, n_steps: int, n_features: int,
+             n_domains: int, config: DynamicalConfig = DEFAULT_CONFIG, library_size=None):
+    """One posterior-predictive draw of whole sequences under domain labels ``u``.
+
+    The global latents (lag graph, targets, shifts, lag-weight changes) are drawn from the
+    fitted guide's global factors (``params``: the fitted parameters); the paths are drawn
+    from the model's transition under ``u`` (per unit ``(units,)`` or per step ``(units,
+    n_steps)``) and decoded, the observations drawn from the likelihood. With ``prefix``
+    ``(units, s, k)`` (``s >= n_lags``), steps ``0..s-1`` are held at it and only steps
+    ``s..n_steps-1`` are drawn (a forecast from an observed history); ``z_inv`` holds the
+    invariant block (default: drawn from its prior). Pure JAX: ``jax.jit`` / ``jax.vmap``
+    it over keys.
+
+    Returns
+    -------
+    z, x
+        ``(units, n_steps, k)`` paths and ``(units, n_steps, n_features)`` observations.
+
+    Examples
+    --------
+    >>> import jax, jax.numpy as jnp
+    >>> from numpyro import handlers
+    >>> cfg = DynamicalConfig(n_latent=2, n_hidden=8, n_layers=1)
+    >>> u, x = jnp.zeros(3, jnp.int32), jnp.zeros((3, 4, 5))
+    >>> sites = {**handlers.trace(handlers.seed(dynamical_model, 0)).get_trace(
+    ...     x=x, u=u, n_domains=1, config=cfg), **handlers.trace(handlers.seed(
+    ...     dynamical_guide, 0)).get_trace(x=x, u=u, n_domains=1, config=cfg)}
+    >>> params = {k: v["value"] for k, v in sites.items() if v["type"] == "param"}
+    >>> z, x_new = forecast(params, jax.random.key(0), u, n_steps=6, n_features=5,
+    ...                     n_domains=1, config=cfg)
+    >>> z.shape, x_new.shape
+    ((3, 6, 2), (3, 6, 5))
+    """
+    k_globals, k_model, k_path, k_obs = jax.random.split(key, 4)
+    guide = handlers.substitute(handlers.seed(global_guide, k_globals), data=params)
+    drawn = {name: site["value"] for name, site in
+             handlers.trace(guide).get_trace(n_domains, config=config).items()
+             if site["type"] == "sample"}
+    held = {**drawn, **({} if z_inv is None else {"z_inv": z_inv})}
+    model = handlers.substitute(handlers.condition(dynamical_model, data=held), data=params)
+    kwargs = dict(u=u, n_steps=n_steps, n_features=n_features, n_domains=n_domains,
+                  config=config, library_size=library_size)
+    trace = handlers.trace(handlers.seed(model, k_model)).get_trace(**kwargs)
+    z = trace["z"]["value"] if prefix is None else trace["z"]["fn"].forecast(k_path, prefix)
+    observed = handlers.trace(handlers.seed(handlers.condition(model, data={"z": z}), k_obs))
+    return z, observed.get_trace(**kwargs)["x"]["value"]
+
+
 def observation(config: DynamicalConfig, out, library_size):
     """``p(x | decoder output)``: the configured likelihood, or a Gaussian with the fixed
     ``config.observation_scale``."""
@@ -527,7 +639,8 @@ def observation(config: DynamicalConfig, out, library_size):
 
 
 def global_guide(n_domains: int, *, config: DynamicalConfig = DEFAULT_CONFIG):
-    """The guide's global factors: lag graph, domain targets, mean and log-scale shifts."""
+    """The guide's global factors: lag graph, domain targets, mean and log-scale shifts
+    (and the lag-weight changes when ``config.weight_shift_scale`` is set)."""
     k, lags = config.n_latent, config.n_lags
     graph_logits = numpyro.param(
         "lag_graph_logits", jnp.full((k, lags, k), _logit(config.edge_probability))
@@ -541,6 +654,11 @@ def global_guide(n_domains: int, *, config: DynamicalConfig = DEFAULT_CONFIG):
                jnp.exp(numpyro.param(f"{name}_log_scale", jnp.full(shape, -2.0))))
         for name in ("mean_shift", "log_scale_shift")
     }
+    if config.weight_shift_scale is not None:
+        change_shape = (n_domains, k, lags, k)
+        change = (numpyro.param("weight_shift_loc", jnp.zeros(change_shape)),
+                  jnp.exp(numpyro.param("weight_shift_log_scale",
+                                        jnp.full(change_shape, -2.0))))
     with numpyro.plate("latents", k, dim=-1):
         lag_graph = numpyro.sample(
             "lag_graph", StraightThroughBernoulli(graph_logits).to_event(2)
@@ -551,6 +669,10 @@ def global_guide(n_domains: int, *, config: DynamicalConfig = DEFAULT_CONFIG):
                 name: numpyro.sample(name, dist.Normal(loc, scale))
                 for name, (loc, scale) in factors.items()
             }
+            if config.weight_shift_scale is not None:
+                draws["weight_shift"] = numpyro.sample(
+                    "weight_shift", dist.Normal(*change).to_event(2)
+                )
     return {"lag_graph": lag_graph, "target": target, **draws}
 
 

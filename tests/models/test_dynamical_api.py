@@ -110,7 +110,7 @@ def test_input_errors():
         cz.DynamicalCausalVAE.from_arrays(x=x[:, 0], u=u)
     with pytest.raises(CausalZooError, match="one label per unit"):
         cz.DynamicalCausalVAE.from_arrays(x=x, u=u[:-1])
-    with pytest.raises(CausalZooError, match="1-D"):
+    with pytest.raises(CausalZooError, match="or one per unit and step"):
         cz.DynamicalCausalVAE.from_arrays(x=x, u=np.zeros((N, 2)))
     with pytest.raises(CausalZooError, match="too short"):
         cz.DynamicalCausalVAE.from_arrays(x=x[:, :2], u=u, n_lags=2)
