@@ -346,3 +346,25 @@ def test_predict_errors(switching):
         m.predict("ctrl", x=x[:3], n_steps=4)
     with pytest.raises(CausalZooError, match=r"one per unit \(3,\)"):
         m.predict(["ctrl", "drug"], x=x[:3, :2])
+
+
+def test_predict_counts_use_library_sizes(tmp_path):
+    """NB sequences: predicted counts are non-negative integers whose totals follow the
+    library size (the training median by default, the histories' own with ``x``, or the
+    one passed); a model loaded without its data asks for library_size."""
+    rng = np.random.default_rng(1)
+    x = rng.poisson(5.0, size=(32, 5, 6)).astype(np.float32)
+    m = cz.DynamicalCausalVAE.from_arrays(x=x, u=np.arange(32) % 2, n_latent=2, n_lags=1,
+                                          n_hidden=8, n_layers=1, likelihood="nb")
+    m.fit(max_steps=100, batch_size=16, progress=False)
+    out = m.predict([0, 1], n_samples=50, seed=0)["x"]
+    assert out.shape == (50, 2, 5, 6)
+    assert (out >= 0).all() and np.array_equal(out, np.round(out))
+    big = m.predict([0, 1], n_samples=50, seed=0, library_size=3000.0)["x"]
+    assert big.sum(-1).mean() > 20 * out.sum(-1).mean()
+    hist = m.predict(np.arange(4) % 2, x=x[:4, :2] * 10, n_samples=50, seed=0)["x"]
+    assert hist.sum(-1).mean() > 5 * out.sum(-1).mean()  # libraries of the histories
+    m.save(tmp_path / "nb")
+    back = cz.load(tmp_path / "nb")
+    with pytest.raises(CausalZooError, match="library_size"):
+        back.predict([0, 1])
