@@ -103,6 +103,26 @@ def test_constant_per_step_arguments_are_the_per_unit_distribution(cls, fn):
     assert not np.allclose(per_unit.log_prob(z), plain.log_prob(z))
 
 
+@pytest.mark.parametrize("cls, fn", [(LaggedTransition, _mean_fn),
+                                     (FlowLaggedTransition, _flow_fn)])
+def test_forecast_from_the_history_replays_the_sample(cls, fn):
+    """``forecast(key_eps, first L steps)`` continues a path exactly as ``sample`` drew it
+    (the same noise stream); from a longer prefix it keeps the prefix and moves on."""
+    shift, scale, initial_scale, weights = _arguments(5)
+    d = cls(fn, shift, scale, initial_scale, n_steps=T, n_lags=L, per_step=True,
+            weight_shift=weights)
+    key = jax.random.key(7)
+    z = d.sample(key)
+    _, key_eps = jax.random.split(key)
+    np.testing.assert_allclose(d.forecast(key_eps, z[:, :L]), z, rtol=1e-5, atol=1e-5)
+    longer = d.forecast(jax.random.key(8), z[:, :4], (3,))
+    assert longer.shape == (3, N, T, K)
+    np.testing.assert_array_equal(longer[:, :, :4], np.broadcast_to(z[:, :4], (3, N, 4, K)))
+    assert not np.allclose(longer[:, :, 4:], z[:, 4:])
+    with pytest.raises(CausalZooError, match="A forecast starts from"):
+        d.forecast(key, z[:, :L - 1])
+
+
 def test_flow_path_with_weight_shift_inverts_to_its_noise():
     shift, scale, initial_scale, weights = _arguments(4)
     d = FlowLaggedTransition(_flow_fn, shift, scale, initial_scale, n_steps=T, n_lags=L,
