@@ -16,7 +16,14 @@ With ``--snapshot`` it runs **snapshot mode** instead of the shuffled control: t
 sequences seen as snapshots (``generators.snapshot``: each unit kept at one uniformly random
 step, as single cells in a time course), fitted with the domain labels and the step as the
 time point, scored on the kept steps beside the floor of those latents and beside sequence
-mode on the full sequences (same SVI budget).
+mode on the full sequences (same SVI budget). There ``--per-domain`` sets the cells per
+domain (900: as many observations as 150 sequences of 6 steps), ``--min-step`` the first
+step a cell is kept at, ``--particles`` the particle paths per domain (``n_particles``),
+``--restarts`` the fits ``fit(restarts=R)`` compares (snapshot mode's too),
+``--no-sequence`` skips the sequence-mode fit, and ``--snapshot-control`` adds a fit on the
+same cells: ``shuffled`` (snapshot mode with the cells' domain labels permuted), ``ivae``
+(``cz.IVAE`` with the cell's (domain, step) pair as segment: the labels without the
+dynamics, the reference snapshot mode should reach) or ``vae`` (one segment: the floor).
 
 ``--prior flow`` fits the flow-style transition prior (learned inverse transition plus its
 Jacobian, ``--flow-base`` its base noise) instead of the conditional Gaussian.
@@ -24,6 +31,14 @@ Jacobian, ``--flow-base`` its base noise) instead of the conditional Gaussian.
 instead of LEAP's changing noise, and ``--noise laplace`` re-simulates the chosen generator's
 latents with the same lag weights, noise scales and mixing but Laplace transition noise of
 the same standard deviation (non-Gaussian noise; the generators themselves draw Gaussian).
+``--n-changing`` sets how many lag-1 entries TDRL's domains change, and
+``--weight-shift-scale`` lets the model's domains change the lag weights of their targets
+(``DynamicalConfig(weight_shift_scale=...)``). ``--generator caring`` draws CaRiNG's
+non-invertible process (``--encoder-context`` widens the encoder's window).
+``--generator citris`` draws ``generators.citris_temporal`` (``--domains x --per-domain``
+sequences, ``2 * --latents`` features, one lagged parent each): its observed intervention
+targets reach the model as labels per step, the code of each step's intervention set
+(``sum_i 2^i u_i``); the shuffled control permutes whole units' label sequences.
 
 Every row also prints the held-out linear and kernel-ridge R^2 of the truth from the
 estimate (information present but entangled vs absent) and the smallest, over domains, of
@@ -105,11 +120,17 @@ def make_data(args):
             n_units=args.domains * args.per_domain, n_steps=args.n_steps,
             n_latent=args.latents, noise_scale=args.noise_scale, seed=args.seed,
         )
+    if args.generator == "citris":
+        return cz.identifiability.generators.citris_temporal(
+            n_units=args.domains * args.per_domain, n_steps=args.n_steps,
+            n_latent=args.latents, n_features=2 * args.latents, n_parents=1,
+            noise_scale=args.noise_scale, seed=args.seed,
+        )
     if args.generator == "tdrl":
         data = cz.identifiability.generators.tdrl_changing(
             n_domains=args.domains, n_per_domain=args.per_domain, n_latent=args.latents,
             n_lags=args.lags, n_steps=args.n_steps, noise_scale=args.noise_scale,
-            seed=args.seed,
+            n_changing=args.n_changing, seed=args.seed,
         )
     else:
         data = cz.identifiability.generators.leap_nonstationary(
@@ -126,7 +147,19 @@ def _config(args) -> dict:
             "log_scale_shift_scale": args.log_scale_shift_scale,
             "shift_scale": args.shift_scale, "noise_modulation": args.noise_modulation,
             "posterior": args.posterior, "observation_scale": args.observation_scale,
-            "encoder_context": args.encoder_context}
+            "encoder_context": args.encoder_context,
+            "weight_shift_scale": args.weight_shift_scale}
+
+
+def domain_labels(data) -> tuple[np.ndarray, list[str]]:
+    """The labels the model gets and their vocabulary: the units' domains, or for CITRIS
+    (observed intervention targets per step, ``u (units, steps, d)``) the code of each
+    step's intervention set, ``sum_i 2^i u_i`` (labels per step, ``2^d`` codes)."""
+    if data.name == "citris_temporal":
+        d = data.n_latent
+        codes = (data.u * 2 ** np.arange(d)).sum(-1).astype(np.int64)
+        return codes, [str(c) for c in range(2 ** d)]
+    return data.u, [str(c) for c in range(int(data.u.max()) + 1)]
 
 
 def _fit(model, args, fit_seed=None):
@@ -174,13 +207,14 @@ def run(args, labels: str = "true", fit_seed: int | None = None) -> dict:
         return run_vae(args, fit_seed)
     data = make_data(args)
     d = data.n_latent
-    u = data.u
-    if labels == "shuffled":
+    u, names = domain_labels(data)
+    if labels == "shuffled":  # whole units (their label sequences, for per-step labels)
         u = u[np.random.default_rng(args.seed + 1).permutation(len(u))]
     elif labels == "stationary":
         u = np.zeros_like(u)
     model = cz.DynamicalCausalVAE.from_arrays(
-        x=data.x / data.x.std(), u=u, n_latent=d, n_lags=data.n_lags, **_config(args),
+        x=data.x / data.x.std(), u=u, domain_names=names, n_latent=d, n_lags=data.n_lags,
+        **_config(args),
     )
     start = time.perf_counter()
     _fit(model, args, fit_seed)
@@ -225,37 +259,64 @@ def run_restarts(args, labels: str = "true") -> list[dict]:
     to ``--fit-seed + R - 1``), each scored, the one it keeps (lowest final loss, ties to
     the earlier seed) marked ``kept`` (the kept fit is bit-identical to its single fit,
     ``tests/models/test_restarts.py``)."""
-    rows = [run(args, labels, args.fit_seed + r) for r in range(args.restarts)]
+    fit = run_snapshot if labels.startswith("snapshot") or (
+        args.snapshot and labels in ("ivae", "vae")) else run
+    rows = [fit(args, labels, args.fit_seed + r) for r in range(args.restarts)]
     best = min(range(len(rows)), key=lambda r: (rows[r]["final_loss"], r))
     for r, row in enumerate(rows):
         row["kept"] = "yes" if r == best else ""
     return rows
 
 
-def run_snapshot(args) -> dict:
-    """Snapshot mode on the snapshot version of the same generator draw."""
+def snapshot_data(args):
+    """The snapshot version of the generator draw: one uniformly random step of each unit
+    from ``--min-step`` on (``generators.snapshot``), and the scale of the observations."""
     data = make_data(args)
-    snap = cz.identifiability.generators.snapshot(data, seed=args.seed)
-    d = data.n_latent
-    obs = pd.DataFrame({"step": snap.step, "domain": snap.u.astype(str)},
-                       index=[f"unit{i}" for i in range(len(snap.step))])
-    adata = anndata.AnnData(snap.x / data.x.std(), obs=obs)
-    cz.DynamicalCausalVAE.setup_anndata(adata, time_key="step", perturbation_key="domain",
-                                        time_step=1)
-    model = cz.DynamicalCausalVAE(adata, n_latent=d, n_lags=data.n_lags, **_config(args))
-    start = time.perf_counter()
-    _fit(model, args)
-    seconds = time.perf_counter() - start
-    z_hat = model.get_latent_representation()
+    snap = cz.identifiability.generators.snapshot(data, seed=args.seed, min_step=args.min_step)
+    return data, snap, float(data.x.std())
+
+
+def _snapshot_scores(data, snap, z_hat) -> tuple[dict, np.ndarray]:
+    """Spearman MCC of the kept steps (all of them, and those after the history), their
+    rotation and raw-observation floors and R^2; and the MCC matching."""
     score, matching = mcc(snap.z, z_hat, method="spearman", return_matching=True)
     later = snap.step >= data.n_lags
-    graph = graph_metrics(data.graph, model.lag_graph(), matching, threshold=0.5)
+    floors = entangled_floor(snap.z, x=snap.x, method="spearman", seed=0)
     return {
-        "labels": "snapshot",
         "mcc": score,
         "mcc_after_history": mcc(snap.z[later], z_hat[later], method="spearman"),
-        "floor_rotation": entangled_floor(snap.z, method="spearman", seed=0)["rotation"],
+        "floor_rotation": floors["rotation"],
+        "floor_observations": floors["observations"],
         **_r2(snap.z, z_hat),
+    }, matching
+
+
+def run_snapshot(args, labels: str = "snapshot", fit_seed: int | None = None) -> dict:
+    """Snapshot mode on the snapshot version of the same generator draw; ``labels``:
+    "snapshot" (the true domain labels) or "snapshot-shuffled" (a random permutation of the
+    cells' domain labels, the negative control); "ivae" / "vae": :func:`run_snapshot_ivae`."""
+    if labels in ("ivae", "vae"):
+        return run_snapshot_ivae(args, labels, fit_seed)
+    data, snap, scale = snapshot_data(args)
+    d = data.n_latent
+    u = snap.u
+    if labels == "snapshot-shuffled":
+        u = u[np.random.default_rng(args.seed + 1).permutation(len(u))]
+    obs = pd.DataFrame({"step": snap.step, "domain": u.astype(str)},
+                       index=[f"unit{i}" for i in range(len(snap.step))])
+    adata = anndata.AnnData(snap.x / scale, obs=obs)
+    cz.DynamicalCausalVAE.setup_anndata(adata, time_key="step", perturbation_key="domain",
+                                        time_step=1)
+    model = cz.DynamicalCausalVAE(adata, n_latent=d, n_lags=data.n_lags,
+                                  n_particles=args.particles, **_config(args))
+    start = time.perf_counter()
+    _fit(model, args, fit_seed)
+    seconds = time.perf_counter() - start
+    scores, matching = _snapshot_scores(data, snap, model.get_latent_representation())
+    graph = graph_metrics(data.graph, model.lag_graph(), matching, threshold=0.5)
+    return {
+        "labels": labels,
+        **scores,
         "min_target_prob": float(model.perturbation_targets().to_numpy().max(axis=1).min()),
         "shd": graph["shd"],
         "n_true_edges": int(data.graph.sum()),
@@ -263,6 +324,30 @@ def run_snapshot(args) -> dict:
         "recall": graph["recall"],
         **_fit_record(model, seconds),
     }
+
+
+def run_snapshot_ivae(args, labels: str = "ivae", fit_seed: int | None = None) -> dict:
+    """The reference and the control of snapshot mode, on the same cells: ``"ivae"``, an
+    iVAE whose segment is the cell's (domain, step) pair (a factorised Gaussian prior whose
+    variances change with the segment, ``prior_mean=False``: the generator changes noise
+    scales, not means), which uses the labels as snapshot mode does but no dynamics; and
+    ``"vae"``, the same with one segment for every cell (nothing can tell a rotation of the
+    latents from the truth). Same guide covariance, observation noise, SVI budget."""
+    data, snap, scale = snapshot_data(args)
+    n_steps = data.x.shape[1]
+    segment = (snap.u * n_steps + snap.step if labels == "ivae"
+               else np.zeros(len(snap.step), np.int64))
+    model = cz.IVAE.from_arrays(x=snap.x / scale, u=segment, n_latent=data.n_latent,
+                                posterior=args.posterior,
+                                observation_scale=args.observation_scale,
+                                n_hidden=args.hidden, prior_mean=False)
+    start = time.perf_counter()
+    model.fit(max_steps=args.steps, batch_size=args.batch_size,
+              seed=args.fit_seed if fit_seed is None else fit_seed, learning_rate=args.lr,
+              progress=False)
+    seconds = time.perf_counter() - start
+    scores, _ = _snapshot_scores(data, snap, model.get_latent_representation())
+    return {"labels": labels, **scores, **_fit_record(model, seconds)}
 
 
 def _prior_fit(config, x, z, u, n_domains, steps: int, seed: int) -> tuple[float, np.ndarray]:
@@ -341,7 +426,7 @@ def main(argv=None):
     parser.add_argument("--restarts", type=int, default=1,
                         help="R > 1: the R fits of fit(restarts=R) (fit seeds --fit-seed "
                         "onwards), one row each, the one with the lowest final loss marked "
-                        "kept (sequence mode and its control only)")
+                        "kept (every fit of the run, snapshot mode's included; not with --oracle)")
     parser.add_argument("--log-scale-shift-rate", default="network",
                         choices=["network", "global"],
                         help="learning rate of the domains' log noise-scale shift factors "
@@ -372,9 +457,15 @@ def main(argv=None):
                         help="transition prior of the fitted model")
     parser.add_argument("--flow-base", default="normal", choices=["normal", "laplace"],
                         help="base noise of the flow prior")
-    parser.add_argument("--generator", default="leap", choices=["leap", "tdrl", "caring"],
+    parser.add_argument("--generator", default="leap",
+                        choices=["leap", "tdrl", "caring", "citris"],
                         help="caring: one domain, n_units = domains x per-domain, fewer "
                         "observations than latents (use --encoder-context)")
+    parser.add_argument("--weight-shift-scale", type=float, default=None,
+                        help="DynamicalConfig(weight_shift_scale=...): domains change the lag "
+                        "weights of their targets (TDRL's changing dynamics; CITRIS)")
+    parser.add_argument("--n-changing", type=int, default=2,
+                        help="TDRL generator: lag-1 entries whose weight changes per domain")
     parser.add_argument("--encoder-context", type=int, default=0,
                         help="steps before and after each step that its encoder reads")
     parser.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace"],
@@ -386,19 +477,43 @@ def main(argv=None):
     parser.add_argument("--snapshot", action="store_true",
                         help="snapshot mode (one random step per unit) beside sequence mode, "
                         "instead of the shuffled control")
+    parser.add_argument("--min-step", type=int, default=0,
+                        help="snapshot mode: smallest step a unit is kept at (2 = after the "
+                        "history only)")
+    parser.add_argument("--particles", type=int, default=256,
+                        help="snapshot mode: particle paths per domain (n_particles)")
+    parser.add_argument("--snapshot-control", default="none",
+                        choices=["none", "shuffled", "ivae", "vae"],
+                        help="snapshot mode: also fit shuffled domain labels, the iVAE with "
+                        "the (domain, step) pair as segment, or a VAE (one segment)")
+    parser.add_argument("--no-sequence", action="store_true",
+                        help="snapshot mode: skip the sequence-mode fit")
     parser.add_argument("--oracle", action="store_true",
                         help="fit only the transition prior to the true latents and to "
                         "random rotations of them (true and shuffled labels): does the "
                         "model's prior family prefer the truth?")
     args = parser.parse_args(argv)
-    if args.restarts < 1 or (args.restarts > 1 and (args.oracle or args.snapshot)):
-        parser.error("--restarts must be >= 1, and > 1 only in sequence mode (without "
-                     "--oracle or --snapshot)")
+    if args.restarts < 1 or (args.restarts > 1 and args.oracle):
+        parser.error("--restarts must be >= 1, and 1 with --oracle")
+    if args.generator in ("citris", "caring") and (
+            args.oracle or args.snapshot or args.noise != "gaussian"):
+        parser.error(f"--generator {args.generator} runs sequence mode with its own noise: "
+                     "not with --oracle, --snapshot or --noise")
     print(f"device: {jax.devices()[0].platform}; {vars(args)}")
     if args.oracle:
         rows = run_oracle(args)
     elif args.snapshot:
-        rows = [run(args), run_snapshot(args)]
+        fits = ([] if args.no_sequence else ["true"]) + (
+            [] if args.control_only else ["snapshot"])
+        if args.snapshot_control != "none":
+            fits.append("snapshot-shuffled" if args.snapshot_control == "shuffled"
+                        else args.snapshot_control)
+        rows = []
+        for labels in fits:
+            if args.restarts > 1:
+                rows += run_restarts(args, labels)
+            else:
+                rows.append(run_snapshot(args, labels) if labels != "true" else run(args))
     elif args.restarts > 1:
         rows = (([] if args.control_only else run_restarts(args))
                 + ([] if args.no_control else run_restarts(args, args.control)))

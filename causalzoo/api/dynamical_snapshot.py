@@ -34,7 +34,13 @@ from ..data.validation import (
     check_time_column,
 )
 from ..models.dynamical import DynamicalConfig, global_guide
-from ..models.dynamical_snapshot import path_length, snapshot_guide, snapshot_model
+from ..models.dynamical_snapshot import (
+    N_PARTICLES,
+    _refuse_weight_shift,
+    path_length,
+    snapshot_guide,
+    snapshot_model,
+)
 from .dynamical import MODEL_NAME, DynamicalCausalVAE
 
 __all__ = ["SnapshotDynamicalCausalVAE", "SnapshotRegistry"]
@@ -259,6 +265,17 @@ def _cells_expression(adata, registry: SnapshotRegistry) -> tuple[Any, np.ndarra
     return x, np.maximum(sums, 1.0)
 
 
+def _checked_particles(n_particles) -> int:
+    if isinstance(n_particles, bool) or not isinstance(n_particles, (int, np.integer)) or (
+        n_particles < 1
+    ):
+        raise CausalZooError(
+            f"n_particles must be a positive integer (particle paths per perturbation); got "
+            f"{n_particles!r}."
+        )
+    return int(n_particles)
+
+
 class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
     """The dynamical latent causal model on a single-cell time course (snapshot mode).
 
@@ -282,6 +299,10 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
     ----------
     adata : anndata.AnnData
         Data registered with :meth:`setup_anndata`.
+    n_particles : int
+        Particle paths per perturbation that represent its population law (default 256;
+        the cost of a training step grows with it, see
+        :mod:`causalzoo.models.dynamical_snapshot`).
     **config_kwargs
         Hyper-parameters of :class:`~causalzoo.models.dynamical.DynamicalConfig`.
 
@@ -302,9 +323,11 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
     >>> m.predict("GM", time=48, n_samples=10)  # doctest: +SKIP
     """
 
-    def __init__(self, adata, **config_kwargs):
+    def __init__(self, adata, *, n_particles: int = N_PARTICLES, **config_kwargs):
         registry = self._registry_of(adata)
+        self.n_particles = _checked_particles(n_particles)
         self.config = DynamicalConfig(**config_kwargs)
+        _refuse_weight_shift(self.config)
         lik = self.config.likelihood_block
         if lik.count_data and not registry.count_data:
             raise CausalZooError(
@@ -455,7 +478,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
 
     def _static_kwargs(self) -> dict[str, Any]:
         return {"config": self.config, "n_domains": self.n_domains, "n_times": self.n_times,
-                "control_domain": self.control_domain}
+                "control_domain": self.control_domain, "n_particles": self.n_particles}
 
     def _program(self):
         return snapshot_model, snapshot_guide
@@ -689,7 +712,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         pickle). The cells are not saved."""
         return self._write_saved(
             path, overwrite=overwrite, mode="snapshot", config=self.config.to_dict(),
-            registry=self.registry.to_dict(),
+            registry=self.registry.to_dict(), n_particles=self.n_particles,
         )
 
     @classmethod
@@ -697,6 +720,8 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         self = object.__new__(cls)
         self.config = DynamicalConfig.from_dict(meta["config"], networks=networks)
         self.registry = SnapshotRegistry.from_dict(meta["registry"])
+        # saved before n_particles was an option: the default then
+        self.n_particles = _checked_particles(meta.get("n_particles", N_PARTICLES))
         self.adata, self.x, self.u, self.time, self.time_index = None, None, None, None, None
         self._library_size = None
         if adata is not None:
@@ -712,6 +737,6 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
             f"DynamicalCausalVAE(snapshot, n_latent={c.n_latent}, n_latent_invariant="
             f"{c.n_latent_invariant}, n_lags={c.n_lags}, transition={c.transition!r}, "
             f"prior={c.prior!r}, likelihood={c.likelihood_block.name!r}, "
-            f"domains={self.n_domains}, times=[{times}], "
+            f"domains={self.n_domains}, times=[{times}], n_particles={self.n_particles}, "
             f"features={len(self.feature_names)}; {state})"
         )

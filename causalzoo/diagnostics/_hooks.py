@@ -318,6 +318,7 @@ def dynamical_snapshot_source(fitted, adata=None) -> PosteriorSource:
     if config.likelihood_block.uses_library:
         cell_data["library_size"] = np.asarray(library_size, np.float32)
     k = config.n_latent
+    n_particles = getattr(fitted, "n_particles", N_PARTICLES)
     latents = [f"z_{i}" for i in range(k)]
     # 0 for the control domain, whose mechanisms are the base ones whatever `target` says
     active = np.asarray(domain_activity(fitted.n_domains, fitted.control_domain))
@@ -362,7 +363,7 @@ def dynamical_snapshot_source(fitted, adata=None) -> PosteriorSource:
         # each cell's prior is a mixture over the particle paths of its domain: its
         # (cells, particles, latents) arrays, not the features, bound the chunk size (the
         # flow prior's components carry four parameter arrays and two log-densities)
-        cell_floats=(8 if getattr(config, "prior", "gaussian") == "flow" else 3) * N_PARTICLES * k,
+        cell_floats=(8 if getattr(config, "prior", "gaussian") == "flow" else 3) * n_particles * k,
         attrs={
             "model": fitted.spec_name,
             "mode": "snapshot",
@@ -374,7 +375,7 @@ def dynamical_snapshot_source(fitted, adata=None) -> PosteriorSource:
             "time_key": reg.time_key,
             "perturbation_key": reg.perturbation_key or "",
             "control": reg.control or "",
-            "n_particles": N_PARTICLES,
+            "n_particles": n_particles,
             "n_steps": int(fitted.fit_info.get("n_steps", loss.size)),
         },
     )

@@ -290,6 +290,15 @@ def domain_activity(n_domains: int, control_domain: int | None):
     return active if control_domain is None else active.at[control_domain].set(0.0)
 
 
+def _refuse_weight_shift(config: DynamicalConfig) -> None:
+    if config.weight_shift_scale is not None:
+        raise CausalZooError(
+            f"weight_shift_scale={config.weight_shift_scale} (domains that change the lag "
+            "weights) is implemented in sequence mode only; in snapshot mode a perturbation "
+            "changes the mean and noise scale of its targets. Leave it None."
+        )
+
+
 def snapshot_model(
     x=None,
     u=None,
@@ -347,6 +356,7 @@ def snapshot_model(
     >>> out["z"].shape, out["population"].shape, out["x"].shape
     ((3, 4), (2, 16, 4, 4), (3, 5))
     """
+    _refuse_weight_shift(config)
     n_batch, n_features = _checked(x, u, time_index, n_features, n_times, n_domains)
     k, k_inv, lags = config.n_latent, config.n_latent_invariant, config.n_lags
     n_path = path_length(n_times, lags)
@@ -414,6 +424,7 @@ def snapshot_guide(
             f"encoder_context={config.encoder_context} reads neighbouring steps of a "
             "sequence, but snapshot mode sees each cell once: leave it 0."
         )
+    _refuse_weight_shift(config)
     n_batch, n_features = _checked(x, u, time_index, n_features, n_times, n_domains)
     global_guide(n_domains, config=config)
     h = encoder_input(x, config.likelihood_block)
