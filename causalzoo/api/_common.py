@@ -68,6 +68,15 @@ def restart_final_loss(losses) -> float:
     return float(tail.mean()) if tail.size and np.isfinite(tail).all() else np.inf
 
 
+def check_positive_int(name: str, value, meaning: str = "") -> int:
+    """``value`` as an int, or a :class:`CausalZooError` naming ``name`` (and what it
+    means) when it is not a positive integer (booleans refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        what = f" ({meaning})" if meaning else ""
+        raise CausalZooError(f"{name} must be a positive integer{what}; got {value!r}.")
+    return int(value)
+
+
 def check_learning_rates(learning_rate, global_learning_rate=None) -> float:
     """Refuse learning rates that are not finite numbers > 0 (booleans included), before any
     compilation. Returns the rate of the global parameters for two-speed Adam:
@@ -184,10 +193,7 @@ class FittedState:
         already fitted, before any fit. A fit stopped by Ctrl-C ends the restarts: the fits
         run so far are compared and ``fit_info["restarts_interrupted"]`` is set.
         """
-        if isinstance(restarts, bool) or not isinstance(restarts, (int, np.integer)) or (
-            restarts < 1
-        ):
-            raise CausalZooError(f"restarts must be a positive integer; got {restarts!r}.")
+        check_positive_int("restarts", restarts)
         if checkpoint_dir is not None or resume:
             raise CausalZooError(
                 "restarts > 1 fits several models from scratch and does not combine with "

@@ -28,7 +28,12 @@ from ..data.sequences import check_sequence_array, check_unit_labels
 from ..data.streaming import CellSource
 from ..inference import AlignedELBO, EarlyStopping
 from ..models.dynamical import DynamicalConfig, dynamical_guide, dynamical_model
-from ._common import FittedState, check_learning_rates, register_user_class
+from ._common import (
+    FittedState,
+    check_learning_rates,
+    check_positive_int,
+    register_user_class,
+)
 
 __all__ = ["DynamicalCausalVAE"]
 
@@ -50,15 +55,16 @@ def _encode_labels(u: np.ndarray, names: Sequence[str] | None):
             bad = codes[(codes < 0) | (codes >= len(vocabulary))]
             if bad.size:
                 raise CausalZooError(
-                    f"u holds code {int(bad[0])} but domain_names has {len(vocabulary)} "
-                    f"entries; codes must lie in 0..{len(vocabulary) - 1}."
+                    f"u holds code {int(bad[0])}, but the {len(vocabulary)} domains "
+                    f"{vocabulary} have codes 0..{len(vocabulary) - 1}: codes must lie in "
+                    "that range."
                 )
             return codes.astype(np.int32), vocabulary
         lookup = {n: i for i, n in enumerate(vocabulary)}
         missing = sorted({str(v) for v in u} - set(lookup))
         if missing:
             raise CausalZooError(
-                f"u has label(s) {missing[:5]} that are not in domain_names {vocabulary}."
+                f"Unknown domain label(s) {missing[:5]}: not in domain_names {vocabulary}."
             )
         return np.array([lookup[str(v)] for v in u], np.int32), vocabulary
     if np.issubdtype(u.dtype, np.integer):
@@ -433,28 +439,9 @@ class DynamicalCausalVAE(FittedState):
         return np.concatenate(outs)
 
     def _label_codes(self, u) -> np.ndarray:
-        """Codes of known domain labels (strings or codes; any shape)."""
+        """Codes of known domain labels (strings or codes; any shape, a scalar too)."""
         u = np.asarray(u)
-        if u.dtype == np.bool_ or not (np.issubdtype(u.dtype, np.integer)
-                                       or np.issubdtype(u.dtype, np.str_) or u.dtype == object):
-            raise CausalZooError(
-                f"u must hold domain labels (strings) or integer codes; got dtype {u.dtype}."
-            )
-        if np.issubdtype(u.dtype, np.integer):
-            bad = u[(u < 0) | (u >= self.n_domains)]
-            if bad.size:
-                raise CausalZooError(
-                    f"u holds code {int(bad.flat[0])}; the model knows {self.n_domains} "
-                    f"domains (codes 0..{self.n_domains - 1}: {self.domain_names})."
-                )
-            return u.astype(np.int32)
-        lookup = {name: i for i, name in enumerate(self.domain_names)}
-        unknown = sorted({str(v) for v in u.ravel()} - set(lookup))
-        if unknown:
-            raise CausalZooError(
-                f"Unknown domain label(s) {unknown[:5]}; the model knows {self.domain_names}."
-            )
-        return np.vectorize(lambda v: lookup[str(v)], otypes=[np.int32])(u)
+        return _encode_labels(u.reshape(-1), self.domain_names)[0].reshape(u.shape)
 
     def predict(
         self,
@@ -512,9 +499,7 @@ class DynamicalCausalVAE(FittedState):
         >>> out = m.predict(u.repeat(len(x), 0), x=x[:, :4])  # doctest: +SKIP
         """
         self._require_fit()
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or (
-                n_samples < 1):
-            raise CausalZooError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        check_positive_int("n_samples", n_samples)
         if u is None:
             if self.n_domains != 1:
                 raise CausalZooError(

@@ -41,7 +41,10 @@ from ..models.dynamical_snapshot import (
     snapshot_guide,
     snapshot_model,
 )
+from ._common import check_positive_int
 from .dynamical import MODEL_NAME, DynamicalCausalVAE
+
+PARTICLES_MEANING = "particle paths per perturbation"
 
 __all__ = ["SnapshotDynamicalCausalVAE", "SnapshotRegistry"]
 
@@ -265,17 +268,6 @@ def _cells_expression(adata, registry: SnapshotRegistry) -> tuple[Any, np.ndarra
     return x, np.maximum(sums, 1.0)
 
 
-def _checked_particles(n_particles) -> int:
-    if isinstance(n_particles, bool) or not isinstance(n_particles, (int, np.integer)) or (
-        n_particles < 1
-    ):
-        raise CausalZooError(
-            f"n_particles must be a positive integer (particle paths per perturbation); got "
-            f"{n_particles!r}."
-        )
-    return int(n_particles)
-
-
 class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
     """The dynamical latent causal model on a single-cell time course (snapshot mode).
 
@@ -325,7 +317,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
 
     def __init__(self, adata, *, n_particles: int = N_PARTICLES, **config_kwargs):
         registry = self._registry_of(adata)
-        self.n_particles = _checked_particles(n_particles)
+        self.n_particles = check_positive_int("n_particles", n_particles, PARTICLES_MEANING)
         self.config = DynamicalConfig(**config_kwargs)
         _refuse_weight_shift(self.config)
         lik = self.config.likelihood_block
@@ -642,10 +634,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         times = np.atleast_1d(np.asarray(time, dtype=object))
         if not perts or times.size == 0:
             raise CausalZooError("predict needs at least one perturbation and one time point.")
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or (
-            n_samples < 1
-        ):
-            raise CausalZooError(f"n_samples must be a positive integer; got {n_samples!r}.")
+        check_positive_int("n_samples", n_samples)
         if not all(isinstance(v, (int, float, np.integer, np.floating))
                    and not isinstance(v, (bool, np.bool_)) for v in times):
             raise CausalZooError(
@@ -721,7 +710,8 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         self.config = DynamicalConfig.from_dict(meta["config"], networks=networks)
         self.registry = SnapshotRegistry.from_dict(meta["registry"])
         # saved before n_particles was an option: the default then
-        self.n_particles = _checked_particles(meta.get("n_particles", N_PARTICLES))
+        self.n_particles = check_positive_int(
+            "n_particles", meta.get("n_particles", N_PARTICLES), PARTICLES_MEANING)
         self.adata, self.x, self.u, self.time, self.time_index = None, None, None, None, None
         self._library_size = None
         if adata is not None:

@@ -315,6 +315,9 @@ class _LaggedPath(dist.Distribution):
     def _later_loc_shift(self, value):
         """What the domain adds to the means of steps ``L..T-1``: its mean shift plus the
         lag-weight change, ``(..., T - L, k)``."""
+        # This computes the path's windows again, as the callers do: XLA fuses the graph as
+        # written, and computing them once changes float32 rounding enough to move the
+        # recorded fits (docs/models/dynamical.md), so the graph is kept as measured.
         shift = self._later(self.shift)
         if self.weight_shift is None:
             return shift
@@ -389,28 +392,25 @@ class _LaggedPath(dist.Distribution):
         ``lax.scan``; returns the whole path."""
         lags, (n_steps, k) = self.n_lags, self.event_shape
         start = initial.shape[-2]
-        shift, scale = (self._full(a, shape, (k,)) for a in (self.shift, self.scale))
-        weights = (None if self.weight_shift is None
-                   else self._full(self.weight_shift, shape, (k, lags, k)))
+        events = ((k,), (k,), (k, lags, k))
+        args = tuple(None if a is None else self._full(a, shape, event)
+                     for a, event in zip((self.shift, self.scale, self.weight_shift), events,
+                                         strict=True))
+        if self.per_step:  # steps start.. of each argument ride along the scan, time first
+            args = tuple(None if a is None else jnp.moveaxis(
+                             a[(..., slice(start, None)) + (slice(None),) * len(event)],
+                             -1 - len(event), 0)
+                         for a, event in zip(args, events, strict=True))
         eps = self._noise(key, (n_steps - start,) + shape + (k,))
-        if self.per_step:  # the later steps' arguments ride along the scan, time first
-            n_event = {"shift": 1, "scale": 1, "weights": 3}
-            xs = {"shift": shift, "scale": scale, "weights": weights}
-            xs = {name: None if a is None else jnp.moveaxis(
-                      a[(..., slice(start, None)) + (slice(None),) * n_event[name]],
-                      -1 - n_event[name], 0)
-                  for name, a in xs.items()}
-        else:
-            xs = None
 
         def step(window, inputs):
-            e, args = inputs
-            args = args or {"shift": shift, "scale": scale, "weights": weights}
-            z = self._step(window, e, args["shift"] + self._weight_term(window, args["weights"]),
-                           args["scale"])
+            e, step_args = inputs
+            shift, scale, weights = step_args if self.per_step else args
+            z = self._step(window, e, shift + self._weight_term(window, weights), scale)
             return z, z
 
-        later = scan_lagged(step, initial[..., start - lags:, :], (eps, xs))
+        later = scan_lagged(step, initial[..., start - lags:, :],
+                            (eps, args if self.per_step else None))
         return jnp.concatenate([initial, jnp.moveaxis(later, 0, -2)], axis=-2)
 
     @property
@@ -531,16 +531,17 @@ class FlowLaggedTransition(_LaggedPath):
         p = self.flow_fn(window)
         return p.loc + shift, scale * jnp.exp(p.log_scale), p.skew, p.log_tail
 
+    def _later_params(self, value):
+        return self.step_params(self.windows(value), self._later_loc_shift(value),
+                                self._later(self.scale))
+
     def inverse(self, value):
         """The noise ``eps`` of steps ``L..T-1`` of a path, ``(..., T - L, k)``."""
-        params = self.step_params(self.windows(value), self._later_loc_shift(value),
-                                  self._later(self.scale))
-        return flow_inverse(value[..., self.n_lags:, :], *params)
+        return flow_inverse(value[..., self.n_lags:, :], *self._later_params(value))
 
     def _later_log_prob(self, value):
-        params = self.step_params(self.windows(value), self._later_loc_shift(value),
-                                  self._later(self.scale))
-        return flow_log_prob(value[..., self.n_lags:, :], *params, base=self.base).sum(-1)
+        return flow_log_prob(value[..., self.n_lags:, :], *self._later_params(value),
+                             base=self.base).sum(-1)
 
     def _noise(self, key, shape):
         return base_distribution(self.base).sample(key, shape)

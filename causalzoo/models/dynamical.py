@@ -625,7 +625,9 @@ def forecast(params, key, u, *, prefix=None, z_inv=None, n_steps: int, n_feature
     kwargs = dict(u=u, n_steps=n_steps, n_features=n_features, n_domains=n_domains,
                   config=config, library_size=library_size)
     trace = handlers.trace(handlers.seed(model, k_model)).get_trace(**kwargs)
-    z = trace["z"]["value"] if prefix is None else trace["z"]["fn"].forecast(k_path, prefix)
+    if prefix is None:  # the model's own draw is the prediction
+        return trace["z"]["value"], trace["x"]["value"]
+    z = trace["z"]["fn"].forecast(k_path, prefix)
     observed = handlers.trace(handlers.seed(handlers.condition(model, data={"z": z}), k_obs))
     return z, observed.get_trace(**kwargs)["x"]["value"]
 
