@@ -32,6 +32,7 @@ from ._common import (
     FittedState,
     check_learning_rates,
     check_positive_int,
+    check_restart_criterion,
     register_user_class,
 )
 
@@ -283,6 +284,7 @@ class DynamicalCausalVAE(FittedState):
         on_nonfinite: str = "stop",
         devices=None,
         restarts: int = 1,
+        restart_criterion: str = "loss",
     ) -> DynamicalCausalVAE:
         """Fit by SVI on minibatches of ``batch_size`` units (default ``min(256, n_units)``).
 
@@ -315,10 +317,16 @@ class DynamicalCausalVAE(FittedState):
         ``fit_info["restart_seeds"]`` and ``fit_info["restart_final_losses"]`` record them.
         It needs an unfitted model and does not combine with ``checkpoint_dir``/``resume``.
         The kept fit is bit-identical to ``fit(seed=<its seed>)`` with the other arguments.
+        ``restart_criterion="marginal_ll"`` ranks the fits by :meth:`get_marginal_ll`
+        (highest; ``fit_info["restart_marginal_lls"]``) instead of the final loss: the
+        ELBO also rewards a fit for how well its per-step guide fits its own posterior,
+        which can rank an entangled fit first (``docs/models/dynamical.md``).
         """
+        check_restart_criterion(restart_criterion)
         if isinstance(restarts, bool) or restarts != 1:
             return self._fit_restarts(
-                restarts, max_steps=max_steps, batch_size=batch_size, seed=seed,
+                restarts, restart_criterion=restart_criterion, max_steps=max_steps,
+                batch_size=batch_size, seed=seed,
                 learning_rate=learning_rate, global_learning_rate=global_learning_rate,
                 schedule=schedule, log_scale_shift_rate=log_scale_shift_rate,
                 early_stopping=early_stopping, progress=progress,

@@ -27,7 +27,12 @@ from ..data.streaming import BackedRows, CellSource, checked_on_disk, is_backed
 from ..inference import EarlyStopping
 from ..inference.nuts_fit import fit_by_method
 from ..models.ivae import IVAEConfig, ivae_encode, ivae_guide, ivae_model
-from ._common import FittedState, check_learning_rates, register_user_class
+from ._common import (
+    FittedState,
+    check_learning_rates,
+    check_restart_criterion,
+    register_user_class,
+)
 
 __all__ = ["IVAE", "IVAERegistry"]
 
@@ -401,6 +406,7 @@ class IVAE(FittedState):
         devices=None,
         method: str = "svi",
         restarts: int = 1,
+        restart_criterion: str = "loss",
         **nuts_options: Any,
     ) -> IVAE:
         """Fit by SVI (mean-field ELBO, analytic KL) on minibatches.
@@ -438,6 +444,11 @@ class IVAE(FittedState):
             500); ``fit_info["restart_seeds"]`` and ``fit_info["restart_final_losses"]``
             record them. The kept fit is bit-identical to ``fit(seed=<its seed>)``. Needs an
             unfitted model; does not combine with ``checkpoint_dir``/``resume``.
+        restart_criterion : {"loss", "marginal_ll"}
+            How the restarts are ranked: the lowest final loss (default), or the highest
+            importance-weighted marginal likelihood of the training data
+            (:meth:`get_marginal_ll`, recorded in ``fit_info["restart_marginal_lls"]``),
+            which does not reward a fit for how well its guide fits its own posterior.
 
         Returns
         -------
@@ -455,9 +466,11 @@ class IVAE(FittedState):
         """
         if method != "svi" or nuts_options:  # NUTS with the networks fixed
             return fit_by_method(self, method, seed=seed, **nuts_options)
+        check_restart_criterion(restart_criterion)
         if isinstance(restarts, bool) or restarts != 1:
             return self._fit_restarts(
-                restarts, max_steps=max_steps, batch_size=batch_size, seed=seed,
+                restarts, restart_criterion=restart_criterion, max_steps=max_steps,
+                batch_size=batch_size, seed=seed,
                 learning_rate=learning_rate, schedule=schedule, early_stopping=early_stopping,
                 progress=progress, steps_per_call=steps_per_call,
                 checkpoint_dir=checkpoint_dir, resume=resume, on_nonfinite=on_nonfinite,

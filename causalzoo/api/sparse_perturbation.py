@@ -46,7 +46,12 @@ from ..models.sparse_perturbation import (
     sparse_perturbation_guide,
     sparse_perturbation_model,
 )
-from ._common import FittedState, check_learning_rates, register_user_class
+from ._common import (
+    FittedState,
+    check_learning_rates,
+    check_restart_criterion,
+    register_user_class,
+)
 
 __all__ = ["SparsePerturbationVAE"]
 
@@ -262,6 +267,7 @@ class SparsePerturbationVAE(FittedState):
         devices=None,
         method: str = "svi",
         restarts: int = 1,
+        restart_criterion: str = "loss",
         **nuts_options: Any,
     ) -> SparsePerturbationVAE:
         """Fit by SVI on minibatches of ``batch_size`` cells (default ``min(256, n_cells)``).
@@ -301,12 +307,16 @@ class SparsePerturbationVAE(FittedState):
         in a worse arrangement; on the generator, of three fits the one with the lowest final
         loss recovered the response latents above the entangled floor on 5 of 5 draws, one
         fit on 2 or 3 of 5 (``docs/models/sparse_perturbation.md``).
+        ``restart_criterion="marginal_ll"`` ranks them by :meth:`get_marginal_ll` instead
+        (highest; ``fit_info["restart_marginal_lls"]``); untested on that generator.
         """
         if method != "svi" or nuts_options:  # NUTS with the networks fixed
             return fit_by_method(self, method, seed=seed, **nuts_options)
+        check_restart_criterion(restart_criterion)
         if isinstance(restarts, bool) or restarts != 1:
             return self._fit_restarts(
-                restarts, max_steps=max_steps, batch_size=batch_size, seed=seed,
+                restarts, restart_criterion=restart_criterion, max_steps=max_steps,
+                batch_size=batch_size, seed=seed,
                 learning_rate=learning_rate, global_learning_rate=global_learning_rate,
                 early_stopping=early_stopping, progress=progress,
                 steps_per_call=steps_per_call, checkpoint_dir=checkpoint_dir, resume=resume,

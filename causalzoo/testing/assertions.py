@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 
 from .._errors import CausalZooError
+from ..identifiability.graphs import graph_metrics
 from ..identifiability.metrics import correlation_matrix, entangled_floor, mcc
 
 __all__ = ["RecoveryReport", "recovery_report", "assert_recovers", "assert_does_not_recover"]
@@ -42,6 +43,13 @@ class RecoveryReport:
         Per true dimension, the absolute correlation with its matched estimated dimension.
     matching : numpy.ndarray
         The estimated column matched to each true dimension.
+    graph : dict or None
+        The estimated graph scored against the true one after the latents' matching
+        (:func:`causalzoo.identifiability.graphs.graph_metrics`): ``"shd"``,
+        ``"precision"``, ``"recall"``, ``"n_true_edges"``, ``"n_predicted_edges"``, and the
+        SHDs of the two trivial answers, ``"shd_empty"`` (no edge: the number of true
+        edges) and ``"shd_full"`` (every edge: the number of absent ones). None when there
+        is no graph to score.
     """
 
     score: float
@@ -51,17 +59,39 @@ class RecoveryReport:
     floors: dict[str, float]
     matched: np.ndarray
     matching: np.ndarray
+    graph: dict[str, float] | None = None
+
+    @property
+    def graph_beats_trivial(self) -> bool:
+        """Whether the graph's SHD is below both trivial graphs' (empty and full).
+
+        Raises
+        ------
+        CausalZooError
+            When the report has no graph.
+        """
+        if self.graph is None:
+            raise CausalZooError(
+                "This report scored no graph: pass graph= to recovery_report, or a fitted "
+                "model with lag_graph() and data with a `graph` attribute."
+            )
+        return self.graph["shd"] < min(self.graph["shd_empty"], self.graph["shd_full"])
 
     def describe(self, margin: float | None = None) -> str:
         """One readable line: score, floor and its parts, margin, per-dimension scores."""
         parts = ", ".join(f"{k} {v:.3f}" for k, v in self.floors.items())
         margin_text = ("" if margin is None
                        else f" + margin {margin:.3f} = {self.floor + margin:.3f}")
+        graph_text = "" if self.graph is None else (
+            f"; graph SHD {self.graph['shd']:.0f} (empty graph {self.graph['shd_empty']:.0f}, "
+            f"full graph {self.graph['shd_full']:.0f}), precision "
+            f"{self.graph['precision']:.2f}, recall {self.graph['recall']:.2f}"
+        )
         return (
             f"{self.metric} MCC {self.score:.3f}; entangled floor ({self.floor_kind}) "
             f"{self.floor:.3f}{margin_text} [{parts}]; matched correlations per true "
             f"dimension {np.round(self.matched, 3).tolist()} (estimated columns "
-            f"{self.matching.tolist()})"
+            f"{self.matching.tolist()}){graph_text}"
         )
 
 
@@ -78,6 +108,26 @@ def _truth(data: Any) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(data), None
 
 
+def _graph_score(
+    fit_or_z_hat: Any, data: Any, graph: Any, threshold: float, matching: np.ndarray
+) -> dict[str, float] | None:
+    true_graph = getattr(data, "graph", None)
+    if graph is None:
+        if true_graph is None or not hasattr(fit_or_z_hat, "lag_graph"):
+            return None
+        graph = fit_or_z_hat.lag_graph()
+        if np.shape(graph)[:-2] != np.shape(true_graph)[:-2]:
+            return None  # a fit with another number of lags: no edge-by-edge comparison
+    elif true_graph is None:
+        raise CausalZooError(
+            "graph= was given but the data have no true graph to score it against: pass "
+            "a generator's output (it has a `graph` attribute)."
+        )
+    scores = graph_metrics(true_graph, graph, matching, threshold=threshold)
+    n_true = scores["n_true_edges"]
+    return {**scores, "shd_empty": n_true, "shd_full": float(np.size(true_graph)) - n_true}
+
+
 def recovery_report(
     fit_or_z_hat: Any,
     data: Any,
@@ -86,6 +136,8 @@ def recovery_report(
     floor: Floor = "max",
     n_rotations: int = 20,
     seed: int = 0,
+    graph: Any = None,
+    graph_threshold: float = 0.5,
 ) -> RecoveryReport:
     """Score an estimate against the truth and its entangled floor, without asserting.
 
@@ -107,6 +159,12 @@ def recovery_report(
         (rotation only when there is no ``x``).
     n_rotations, seed : int
         Rotations drawn for the floor, and their seed.
+    graph : array_like, optional
+        An estimated graph (weights or edge probabilities) to score against ``data.graph``
+        after matching the latents. By default the lag graph of a fitted model that has
+        ``lag_graph()`` (``cz.DynamicalCausalVAE``) is scored when the data have a graph.
+    graph_threshold : float
+        Entries with absolute value above it are edges (0.5: edge probability).
 
     Returns
     -------
@@ -143,6 +201,7 @@ def recovery_report(
     return RecoveryReport(
         score=float(score), metric=metric, floor=float(value), floor_kind=floor,
         floors={k: float(v) for k, v in floors.items()}, matched=matched, matching=matching,
+        graph=_graph_score(fit_or_z_hat, data, graph, graph_threshold, matching),
     )
 
 

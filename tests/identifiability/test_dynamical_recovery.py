@@ -15,10 +15,11 @@ SVI steps, best of 3 restarts by final loss (no ground truth used). Scored by Sp
 of all steps against the entangled floor (the larger of the rotation and raw-observation
 floors):
 
-* with the true domain labels, the MCC is at least the floor + 0.1;
+* with the true domain labels, the MCC is at least the floor + 0.1, and the learned lag
+  graph's SHD is below that of both trivial graphs (empty, full);
 * the stationary fit (one domain for every unit, the same model and budget: the dynamics
-  alone) scores at least 0.05 below the true labels, so the domains, not only the
-  temporal structure, carry the recovery;
+  alone) scores at least 0.05 below the true labels, and its lag graph a larger SHD, so
+  the domains, not only the temporal structure, carry the recovery;
 * the shuffled fit (the units' domain labels randomly permuted, the same model and
   budget: domains that carry no information about the noise) scores at least 0.05 below
   the true labels, so the recovery needs the right labels, not only twenty of them;
@@ -43,6 +44,12 @@ fits; one reaches 0.948). Stationary: 0.724 / 0.879 / 0.700 / 0.893 / 0.838; shu
 seeds); VAE: 0.739 / 0.747 / 0.740 / 0.763 / 0.736. This test runs generator seed 0
 (0.951, stationary 0.724, shuffled 0.729, VAE 0.739); the shuffled labels are the
 benchmark's permutation (``numpy.random.default_rng(seed + 1)``).
+
+On seed 2 the lowest final loss keeps an entangled fit; ranked by the importance-weighted
+marginal likelihood (``fit(restart_criterion="marginal_ll")``) the recovered one is kept
+(0.948), with the controls unchanged (stationary 0.700, shuffled 0.677, VAE 0.740), and
+every other seed keeps the same fit as by the loss: recovered on 5 of 5 draws. The last
+test runs that draw.
 """
 
 from __future__ import annotations
@@ -85,10 +92,22 @@ def test_latents_are_recovered_above_the_entangled_floor(true_labels):
     assert true_labels.score >= true_labels.floor + 0.1, true_labels.describe(0.1)
 
 
+def test_the_learned_lag_graph_beats_both_trivial_graphs(true_labels):
+    """The lag graph (edge probability > 0.5), relabelled by the latents' matching, scored
+    by SHD against the truth: 8 true edges of 18, so the empty graph scores 8 and the full
+    graph 10; the kept fit measured 5 (6 of the 8 edges found, 3 false ones)."""
+    assert true_labels.graph is not None
+    assert true_labels.graph_beats_trivial, true_labels.describe()
+
+
 def test_the_domains_carry_the_recovery_beyond_the_stationary_fit(data, true_labels):
     seq, x = data
     stationary = recovery_report(_fit_dynamical(x, np.zeros_like(seq.u)), seq)
     assert stationary.score <= true_labels.score - 0.05, (
+        f"stationary: {stationary.describe()}; true labels: {true_labels.describe()}"
+    )
+    # and the graph: the stationary fit measured SHD 8 (the empty graph's) against 5
+    assert stationary.graph["shd"] > true_labels.graph["shd"], (
         f"stationary: {stationary.describe()}; true labels: {true_labels.describe()}"
     )
 
@@ -112,3 +131,21 @@ def test_negative_control_without_dynamics_or_domains_stays_at_the_floor(data):
     vae.fit(**{**FIT, "batch_size": FIT["batch_size"] * x.shape[1]})
     z_hat = vae.get_latent_representation().reshape(seq.z.shape)
     assert_does_not_recover(z_hat, seq, margin=0.1)
+
+
+def test_marginal_likelihood_keeps_the_recovered_fit_where_the_final_loss_does_not():
+    """Generator seed 2, the draw the final loss gets wrong: of the three fits (0.948 /
+    0.623 / 0.701), the lowest final loss keeps 0.701 (22,638 against 22,775 for the
+    recovered fit), below the floor. Ranked by the importance-weighted marginal likelihood
+    (``restart_criterion="marginal_ll"``, ``get_marginal_ll``: -16,169 / -17,650 /
+    -16,725) the recovered fit is kept: the ELBO's preference came from the guide's gap,
+    not from the model's likelihood."""
+    seq = cz.identifiability.generators.leap_nonstationary(**{**GENERATOR, "seed": 2})
+    model = cz.DynamicalCausalVAE.from_arrays(x=seq.x / seq.x.std(), u=seq.u, **CONFIG)
+    model.fit(**FIT, log_scale_shift_rate="global", restart_criterion="marginal_ll")
+    report = recovery_report(model, seq)
+    assert report.score >= report.floor + 0.1, report.describe(0.1)
+    losses = model.fit_info["restart_final_losses"]
+    lls = model.fit_info["restart_marginal_lls"]
+    # the two criteria disagree on this draw: the loss would have kept another fit
+    assert int(np.argmin(losses)) != int(np.argmax(lls)), (losses, lls)

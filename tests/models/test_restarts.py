@@ -122,3 +122,43 @@ def test_ctrl_c_during_a_restart_stops_the_restarts(monkeypatch):
     assert m.fit_info["restart_seeds"] == [seed, seed + 1]
     assert len(m.fit_info["restart_final_losses"]) == 2
     assert m.fit_info["restarts_interrupted"] is True
+
+
+@pytest.mark.parametrize("case", ["sequence", "ivae"])
+def test_restarts_by_marginal_likelihood_keep_the_highest(case):
+    """``restart_criterion="marginal_ll"`` ranks the fits by ``get_marginal_ll`` (the
+    settings of ``_RESTART_MARGINAL_LL``), records both criteria, and keeps the fit with the
+    highest value: recomputed on the kept fit it gives the recorded maximum."""
+    from causalzoo.api._common import _RESTART_MARGINAL_LL
+
+    make, seed, options = CASES[case]
+    options = dict(options, progress=False)
+    m = make().fit(seed=seed, restarts=3, restart_criterion="marginal_ll", **options)
+    lls = m.fit_info["restart_marginal_lls"]
+    assert m.fit_info["restart_criterion"] == "marginal_ll"
+    assert len(lls) == 3 == len(m.fit_info["restart_final_losses"])
+    assert np.all(np.isfinite(lls)) and len(set(lls)) == 3
+    best = int(np.argmax(lls))
+    assert m.fit_info["seed"] == seed + best
+    assert m.get_marginal_ll(**_RESTART_MARGINAL_LL) == pytest.approx(max(lls), rel=1e-6)
+    assert make().fit(seed=seed, restarts=2, **options).fit_info["restart_criterion"] == "loss"
+    with pytest.raises(CausalZooError, match="restart_criterion='elbo' is unknown"):
+        make().fit(restarts=2, restart_criterion="elbo", **options)
+    with pytest.raises(CausalZooError, match="restart_criterion"):
+        make().fit(restart_criterion="best", **options)  # checked with one fit too
+
+
+def test_marginal_ll_tightens_with_more_importance_samples():
+    """The importance-weighted estimate is a bound that tightens in expectation as
+    ``n_inner`` grows: far above the one-sample (ELBO-like) value for a short fit, whose
+    guide is loose; deterministic in its seed; refuses bad sizes and unfitted models."""
+    make, seed, options = CASES["sequence"]
+    m = make().fit(seed=seed, progress=False, **options)
+    one, many = m.get_marginal_ll(n_inner=1), m.get_marginal_ll(n_inner=64)
+    assert np.isfinite(one) and many > one
+    assert m.get_marginal_ll(n_inner=64) == many
+    assert m.get_marginal_ll(n_inner=64, seed=1) != many
+    with pytest.raises(CausalZooError, match="n_inner must be a positive integer"):
+        m.get_marginal_ll(n_inner=0)
+    with pytest.raises(CausalZooError, match="not fitted"):
+        make().get_marginal_ll()
