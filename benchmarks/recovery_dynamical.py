@@ -31,7 +31,8 @@ Jacobian, ``--flow-base`` its base noise) instead of the conditional Gaussian.
 instead of LEAP's changing noise, and ``--noise laplace`` re-simulates the chosen generator's
 latents with the same lag weights, noise scales and mixing but Laplace transition noise of
 the same standard deviation (non-Gaussian noise; the generators themselves draw Gaussian).
-``--n-changing`` sets how many lag-1 entries TDRL's domains change, and
+``--n-changing`` sets how many lag-1 entries TDRL's domains change, ``--graph-density`` the
+density of its lag graph (1.0: dense, as TDRL's own generator), and
 ``--weight-shift-scale`` lets the model's domains change the lag weights of their targets
 (``DynamicalConfig(weight_shift_scale=...)``). ``--generator caring`` draws CaRiNG's
 non-invertible process (``--encoder-context`` widens the encoder's window).
@@ -130,7 +131,7 @@ def make_data(args):
         data = cz.identifiability.generators.tdrl_changing(
             n_domains=args.domains, n_per_domain=args.per_domain, n_latent=args.latents,
             n_lags=args.lags, n_steps=args.n_steps, noise_scale=args.noise_scale,
-            n_changing=args.n_changing, seed=args.seed,
+            n_changing=args.n_changing, graph_density=args.graph_density, seed=args.seed,
         )
     else:
         data = cz.identifiability.generators.leap_nonstationary(
@@ -466,6 +467,9 @@ def main(argv=None):
                         "weights of their targets (TDRL's changing dynamics; CITRIS)")
     parser.add_argument("--n-changing", type=int, default=2,
                         help="TDRL generator: lag-1 entries whose weight changes per domain")
+    parser.add_argument("--graph-density", type=float, default=0.3,
+                        help="TDRL generator: probability of a lag edge (1.0: every lag weight "
+                        "non-zero, as in TDRL's own generator)")
     parser.add_argument("--encoder-context", type=int, default=0,
                         help="steps before and after each step that its encoder reads")
     parser.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace"],
