@@ -151,3 +151,21 @@ def test_citris_labels_per_step_reach_the_model(recovery_dynamical, capsys):
     assert "\ntrue | " in out and "\nstationary | " in out
     with pytest.raises(SystemExit):
         recovery_dynamical.main(["--generator", "citris", "--snapshot"])
+
+
+def test_restart_criterion_marks_the_highest_marginal_likelihood(recovery_dynamical, capsys):
+    """``--restart-criterion marginal_ll``: each fit's row gains ``marginal_ll`` and the
+    fit with the highest is marked kept (toy size)."""
+    recovery_dynamical.main([
+        "--latents", "2", "--domains", "2", "--per-domain", "6", "--n-steps", "4",
+        "--lags", "1", "--steps", "4", "--batch-size", "4", "--hidden", "8",
+        "--restarts", "2", "--restart-criterion", "marginal_ll", "--no-control",
+    ])
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("labels | "))
+    keys = lines[header].split(" | ")
+    rows = [dict(zip(keys, line.split(" | "), strict=True)) for line in lines[header + 1:]
+            if line.startswith("true | ")]
+    lls = [float(r["marginal_ll"]) for r in rows]
+    assert len(rows) == 2 and lls[0] != lls[1]
+    assert [r["kept"] for r in rows] == ["yes" if v == max(lls) else "" for v in lls]
