@@ -286,6 +286,12 @@ class FittedState:
         """
         self._require_fit()
         check_positive_int("n_inner", n_inner)
+        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) \
+                or n_samples < 4:
+            raise CausalZooError(
+                f"n_samples must be an integer >= 4 (draws of the global factors); got "
+                f"{n_samples!r}."
+            )
         dt = self.to_datatree(
             data, num_samples=n_samples, seed=seed, log_likelihood="marginal",
             n_inner=n_inner, posterior_predictive=False, include_local=False,

@@ -160,5 +160,8 @@ def test_marginal_ll_tightens_with_more_importance_samples():
     assert m.get_marginal_ll(n_inner=64, seed=1) != many
     with pytest.raises(CausalZooError, match="n_inner must be a positive integer"):
         m.get_marginal_ll(n_inner=0)
+    for bad in (3, 2.5, True):
+        with pytest.raises(CausalZooError, match="n_samples must be an integer >= 4"):
+            m.get_marginal_ll(n_samples=bad)
     with pytest.raises(CausalZooError, match="not fitted"):
         make().get_marginal_ll()
