@@ -267,8 +267,9 @@ def run_vae(args, fit_seed: int | None = None) -> dict:
 
 def run_restarts(args, labels: str = "true") -> list[dict]:
     """``--restarts R``: the fits that ``fit(restarts=R)`` runs (fit seeds ``--fit-seed``
-    to ``--fit-seed + R - 1``), each scored, the one it keeps (lowest final loss, ties to
-    the earlier seed) marked ``kept`` (the kept fit is bit-identical to its single fit,
+    to ``--fit-seed + R - 1``), each scored, the one it keeps (lowest final loss, or the
+    highest ``marginal_ll`` with ``--restart-criterion marginal_ll``; ties to the earlier
+    seed) marked ``kept`` (the kept fit is bit-identical to its single fit,
     ``tests/models/test_restarts.py``)."""
     fit = run_snapshot if labels.startswith("snapshot") or (
         args.snapshot and labels in ("ivae", "vae")) else run
@@ -530,7 +531,7 @@ def main(argv=None):
     parser.add_argument("--fit-seed", type=int, default=0, help="seed of the fit")
     parser.add_argument("--restarts", type=int, default=1,
                         help="R > 1: the R fits of fit(restarts=R) (fit seeds --fit-seed "
-                        "onwards), one row each, the one with the lowest final loss marked "
+                        "onwards), one row each, the one --restart-criterion keeps marked "
                         "kept (every fit of the run, snapshot mode's included; not with --oracle)")
     parser.add_argument("--log-scale-shift-rate", default="network",
                         choices=["network", "global"],

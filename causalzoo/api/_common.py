@@ -234,23 +234,24 @@ class FittedState:
             if restart_criterion == "marginal_ll":
                 marginal = self.get_marginal_ll(**_RESTART_MARGINAL_LL)
                 marginal = marginal if np.isfinite(marginal) else -np.inf
-            rank = final if marginal is None else -marginal
-            fits.append((rank, r, final, marginal, {name: getattr(self, name) for name in names}))
+            fits.append((final, marginal, {name: getattr(self, name) for name in names}))
             if self.fit_info.get("stop_reason") == "interrupted":
                 # Ctrl-C stops the restarts too; the fits so far are compared as they stand
                 interrupted = True
                 break
-        chosen = min(fits, key=lambda f: (f[0], f[1]))[-1]
-        for name, value in chosen.items():
+        finals, marginals, states = zip(*fits, strict=True)
+        rank = finals if restart_criterion == "loss" else [-m for m in marginals]
+        best = min(range(len(fits)), key=lambda r: (rank[r], r))  # ties: the earlier seed
+        for name, value in states[best].items():
             setattr(self, name, value)
         self.fit_info = {
             **self.fit_info,
             "restart_seeds": [seed + r for r in range(len(fits))],
-            "restart_final_losses": [f[2] for f in fits],
+            "restart_final_losses": list(finals),
             "restart_criterion": restart_criterion,
         }
         if restart_criterion == "marginal_ll":
-            self.fit_info["restart_marginal_lls"] = [f[3] for f in fits]
+            self.fit_info["restart_marginal_lls"] = list(marginals)
         if interrupted:
             self.fit_info["restarts_interrupted"] = True
         return self
@@ -297,10 +298,10 @@ class FittedState:
             n_inner=n_inner, posterior_predictive=False, include_local=False,
             observed_data=False,
         )
-        (ll,) = dt["log_likelihood"].to_dataset().data_vars.values()
-        ll = np.asarray(ll.values, np.float64).reshape(-1, ll.shape[-1])  # (draws, cells)
-        top = ll.max(axis=0)
-        return float(np.sum(top + np.log(np.mean(np.exp(ll - top), axis=0))))
+        from ..diagnostics.compare import heldout_lpd
+
+        (name,) = dt["log_likelihood"].to_dataset().data_vars
+        return heldout_lpd(dt, name)["lpd"]
 
     def _write_saved(
         self, path: str | Path, *, overwrite: bool, groups: dict[str, Any] | None = None,
