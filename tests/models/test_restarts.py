@@ -1,7 +1,8 @@
 """``fit(restarts=R)`` on the dynamical model (sequence and snapshot mode) and the iVAE: R
 fits from scratch, the one with the lowest final loss kept, bit-identical to a single fit
 with its seed; the refusals (bad ``restarts``, checkpoints, an already-fitted model) come
-before any fit. The sparse model's restarts are tested in ``test_sparse_invariance.py``."""
+before any fit. The sparse model's restarts (both criteria) are tested in
+``test_sparse_invariance.py``."""
 
 from __future__ import annotations
 

@@ -235,3 +235,34 @@ def test_fit_restarts_keeps_the_lowest_final_loss(tmp_path):
         model().fit(restarts=0, **options)
     with pytest.raises(CausalZooError, match="checkpoint_dir"):
         model().fit(restarts=2, checkpoint_dir=tmp_path, **options)
+
+
+def test_fit_restarts_by_marginal_likelihood_keep_the_highest():
+    """The sparse model's ``restart_criterion="marginal_ll"``: the kept fit is the one with
+    the highest recorded ``get_marginal_ll`` (recomputed on it, the same value), here not
+    the one with the lowest final loss; a bad criterion is refused before any fit."""
+    from causalzoo.api._common import _RESTART_MARGINAL_LL
+
+    data = cz.identifiability.generators.sparse_perturbation(
+        n_perturbations=3, n_cells_per_condition=20, n_latent_invariant=1,
+        n_latent_response=2, n_genes=12, seed=0,
+    )
+
+    def model():
+        return cz.SparsePerturbationVAE.from_arrays(
+            data.x, data.u, n_latent_invariant=1, n_latent_response=2, n_hidden=8, n_layers=1,
+        )
+
+    options = dict(max_steps=60, batch_size=40, learning_rate=1e-2, progress=False,
+                   early_stopping=False)
+    m = model().fit(seed=0, restarts=3, restart_criterion="marginal_ll", **options)
+    lls, finals = m.fit_info["restart_marginal_lls"], m.fit_info["restart_final_losses"]
+    assert m.fit_info["restart_criterion"] == "marginal_ll"
+    assert len(lls) == 3 == len(finals)
+    assert np.all(np.isfinite(lls)) and len(set(lls)) == 3
+    assert m.fit_info["seed"] == int(np.argmax(lls))
+    # on these seeds the two criteria disagree, so ranking by the loss would fail here
+    assert int(np.argmin(finals)) != int(np.argmax(lls))
+    assert m.get_marginal_ll(**_RESTART_MARGINAL_LL) == pytest.approx(max(lls), rel=1e-6)
+    with pytest.raises(CausalZooError, match="restart_criterion='elbo' is unknown"):
+        model().fit(restarts=2, restart_criterion="elbo", **options)
