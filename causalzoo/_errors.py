@@ -1,6 +1,9 @@
-"""The one exception class for problems with the user's input."""
+"""The one exception class for problems with the user's input, and the integer check that
+every entry point shares."""
 
-__all__ = ["CausalZooError"]
+import numpy as np
+
+__all__ = ["CausalZooError", "check_int"]
 
 
 class CausalZooError(ValueError):
@@ -9,3 +12,23 @@ class CausalZooError(ValueError):
     The message names the problem, the offending key or value, and what to do about it.
     It is a ``ValueError`` so that generic handlers keep working.
     """
+
+
+def check_int(name: str, value, minimum: int = 1, *, meaning: str = "") -> int:
+    """``value`` as an ``int``, or a :class:`CausalZooError` naming ``name`` (and, when
+    given, what it means) if it is not an integer ``>= minimum``. Booleans and integral
+    floats are refused, not coerced.
+
+    >>> check_int("n", 3)
+    3
+    >>> check_int("n_steps", 2.0)
+    Traceback (most recent call last):
+    ...
+    causalzoo._errors.CausalZooError: n_steps must be a positive integer; got 2.0.
+    """
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+            or value < minimum):
+        rule = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        what = f" ({meaning})" if meaning else ""
+        raise CausalZooError(f"{name} must be {rule}{what}; got {value!r}.")
+    return int(value)

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from .. import _io
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from ..inference.svi import fit_svi
 
 __all__ = [
@@ -80,15 +80,6 @@ def check_restart_criterion(criterion) -> str:
             "get_marginal_ll)."
         )
     return criterion
-
-
-def check_positive_int(name: str, value, meaning: str = "") -> int:
-    """``value`` as an int, or a :class:`CausalZooError` naming ``name`` (and what it
-    means) when it is not a positive integer (booleans refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        what = f" ({meaning})" if meaning else ""
-        raise CausalZooError(f"{name} must be a positive integer{what}; got {value!r}.")
-    return int(value)
 
 
 def check_learning_rates(learning_rate, global_learning_rate=None) -> float:
@@ -211,7 +202,7 @@ class FittedState:
         already fitted, before any fit. A fit stopped by Ctrl-C ends the restarts: the fits
         run so far are compared and ``fit_info["restarts_interrupted"]`` is set.
         """
-        check_positive_int("restarts", restarts)
+        check_int("restarts", restarts)
         check_restart_criterion(restart_criterion)
         if checkpoint_dir is not None or resume:
             raise CausalZooError(
@@ -286,13 +277,8 @@ class FittedState:
         float
         """
         self._require_fit()
-        check_positive_int("n_inner", n_inner)
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) \
-                or n_samples < 4:
-            raise CausalZooError(
-                f"n_samples must be an integer >= 4 (draws of the global factors); got "
-                f"{n_samples!r}."
-            )
+        check_int("n_inner", n_inner)
+        check_int("n_samples", n_samples, 4, meaning="draws of the global factors")
         dt = self.to_datatree(
             data, num_samples=n_samples, seed=seed, log_likelihood="marginal",
             n_inner=n_inner, posterior_predictive=False, include_local=False,

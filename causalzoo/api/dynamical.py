@@ -23,7 +23,7 @@ import pandas as pd
 from numpy.typing import ArrayLike
 from numpyro import handlers
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from ..data.sequences import check_sequence_array, check_unit_labels
 from ..data.streaming import CellSource
 from ..inference import AlignedELBO, EarlyStopping
@@ -31,7 +31,6 @@ from ..models.dynamical import DynamicalConfig, dynamical_guide, dynamical_model
 from ._common import (
     FittedState,
     check_learning_rates,
-    check_positive_int,
     check_restart_criterion,
     register_user_class,
 )
@@ -338,9 +337,7 @@ class DynamicalCausalVAE(FittedState):
         batch_size = min(256, n_units) if batch_size is None else batch_size
         global_learning_rate = check_learning_rates(learning_rate, global_learning_rate)
         if schedule == "cosine":
-            if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) \
-                    or max_steps < 1:
-                raise CausalZooError(f"max_steps must be a positive integer; got {max_steps!r}.")
+            check_int("max_steps", max_steps)
             optimizer = global_params_adam(
                 optax.cosine_decay_schedule(float(learning_rate), int(max_steps), alpha=0.03),
                 optax.cosine_decay_schedule(global_learning_rate, int(max_steps), alpha=0.03),
@@ -507,7 +504,7 @@ class DynamicalCausalVAE(FittedState):
         >>> out = m.predict(u.repeat(len(x), 0), x=x[:, :4])  # doctest: +SKIP
         """
         self._require_fit()
-        check_positive_int("n_samples", n_samples)
+        check_int("n_samples", n_samples)
         if u is None:
             if self.n_domains != 1:
                 raise CausalZooError(

@@ -23,7 +23,7 @@ import pandas as pd
 from numpyro import handlers
 from numpyro.infer import Predictive
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from ..data.anndata import densify, get_counts
 from ..data.streaming import BackedRows, CellSource, checked_on_disk, is_backed
 from ..data.validation import (
@@ -41,7 +41,6 @@ from ..models.dynamical_snapshot import (
     snapshot_guide,
     snapshot_model,
 )
-from ._common import check_positive_int
 from .dynamical import MODEL_NAME, DynamicalCausalVAE
 
 PARTICLES_MEANING = "particle paths per perturbation"
@@ -317,7 +316,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
 
     def __init__(self, adata, *, n_particles: int = N_PARTICLES, **config_kwargs):
         registry = self._registry_of(adata)
-        self.n_particles = check_positive_int("n_particles", n_particles, PARTICLES_MEANING)
+        self.n_particles = check_int("n_particles", n_particles, meaning=PARTICLES_MEANING)
         self.config = DynamicalConfig(**config_kwargs)
         _refuse_weight_shift(self.config)
         lik = self.config.likelihood_block
@@ -634,7 +633,7 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         times = np.atleast_1d(np.asarray(time, dtype=object))
         if not perts or times.size == 0:
             raise CausalZooError("predict needs at least one perturbation and one time point.")
-        check_positive_int("n_samples", n_samples)
+        check_int("n_samples", n_samples)
         if not all(isinstance(v, (int, float, np.integer, np.floating))
                    and not isinstance(v, (bool, np.bool_)) for v in times):
             raise CausalZooError(
@@ -710,8 +709,8 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
         self.config = DynamicalConfig.from_dict(meta["config"], networks=networks)
         self.registry = SnapshotRegistry.from_dict(meta["registry"])
         # saved before n_particles was an option: the default then
-        self.n_particles = check_positive_int(
-            "n_particles", meta.get("n_particles", N_PARTICLES), PARTICLES_MEANING)
+        self.n_particles = check_int(
+            "n_particles", meta.get("n_particles", N_PARTICLES), meaning=PARTICLES_MEANING)
         self.adata, self.x, self.u, self.time, self.time_index = None, None, None, None, None
         self._library_size = None
         if adata is not None:

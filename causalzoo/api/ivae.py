@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike
 from numpyro import handlers
 from numpyro.infer import TraceMeanField_ELBO
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from ..data.anndata import get_counts
 from ..data.streaming import BackedRows, CellSource, checked_on_disk, is_backed
 from ..inference import EarlyStopping
@@ -487,9 +487,7 @@ class IVAE(FittedState):
         batch_size = min(128, n) if batch_size is None else batch_size
         check_learning_rates(learning_rate)
         if schedule == "cosine":
-            if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) \
-                    or max_steps < 1:
-                raise CausalZooError(f"max_steps must be a positive integer; got {max_steps!r}.")
+            check_int("max_steps", max_steps)
             rate = optax.cosine_decay_schedule(float(learning_rate), int(max_steps), alpha=0.03)
         elif schedule == "constant":
             rate = float(learning_rate)

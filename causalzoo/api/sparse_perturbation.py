@@ -23,7 +23,7 @@ from numpy.typing import ArrayLike
 from numpyro import handlers
 from numpyro.infer import Predictive
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from ..blocks import _host_sampling
 from ..data import (
     AnnDataRegistry,
@@ -623,8 +623,7 @@ class SparsePerturbationVAE(FittedState):
         conditions = list(conditions)
         if not conditions:
             raise CausalZooError("predict needs at least one condition, e.g. ['A+B'].")
-        if not isinstance(n_cells, (int, np.integer)) or n_cells < 1:
-            raise CausalZooError(f"n_cells must be a positive integer; got {n_cells!r}.")
+        n_cells = check_int("n_cells", n_cells)
         if not self.reference:
             raise CausalZooError(
                 "Prediction needs control cells to take z_inv from, and the training data had "

@@ -40,10 +40,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import numpyro
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 
 __all__ = [
     "exponential",
@@ -159,8 +158,7 @@ def power_series(w: jax.Array, order: int | None = None) -> jax.Array:
     b = _square_weights(w)
     d = b.shape[0]
     k = d if order is None else order
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise CausalZooError(f"order={order!r} must be a positive integer (default: d = {d}).")
+    k = check_int("order", k, meaning=f"default: d = {d}")
     eye = jnp.eye(d, dtype=b.dtype)
     # Walk the binary digits of K from the most significant: (S_m, B^m) -> (S_2m, B^2m),
     # then -> (S_{2m+1}, B^{2m+1}) when the digit is 1.

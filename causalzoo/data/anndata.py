@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from . import validation as _v
 from .perturbations import _parse_labels, _unknown_perturbation_error, normalize_control
 
@@ -567,8 +567,7 @@ def encode_covariates(
             f"covariates={values!r} is not a mapping; pass a dict such as "
             f"{ {k: registry.covariate_categories[k][0] for k in registry.covariate_keys} }."
         )
-    if not isinstance(n, int | np.integer) or n < 1:
-        raise CausalZooError(f"n={n!r} must be a positive integer number of cells.")
+    check_int("n", n, meaning="a number of cells")
     unknown = [k for k in values if k not in registry.covariate_keys]
     if unknown:
         raise CausalZooError(

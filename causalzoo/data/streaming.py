@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 
 if TYPE_CHECKING:
     import anndata
@@ -169,8 +169,7 @@ class CellSource:
                 f"chunk_cells={chunk_cells!r} must be an integer between 1 and the {n_cells} "
                 "cells."
             )
-        if not _is_count(block_cells) or block_cells < 1:
-            raise CausalZooError(f"block_cells={block_cells!r} must be a positive integer.")
+        check_int("block_cells", block_cells)
         if not isinstance(prefetch, bool):
             raise CausalZooError(f"prefetch must be True or False; got {prefetch!r}.")
         self.matrix = matrix
@@ -245,8 +244,7 @@ class CellSource:
         n_contexts = len(pools)
         if per_context is None:
             per_context = max(16, -(-self.chunk_cells // (8 * n_contexts)))
-        if not _is_count(per_context) or per_context < 1:
-            raise CausalZooError(f"per_context={per_context!r} must be a positive integer.")
+        check_int("per_context", per_context)
         pool_key = pool_key or f"{self.x_key}_control_pool"
         names = {self.x_key, *self.resident}
         if context_key in names or pool_key in names or context_key == pool_key:

@@ -37,7 +37,7 @@ import xarray as xr
 from jax.scipy.special import logsumexp
 from numpyro import handlers
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from . import _predictive
 
 __all__ = [
@@ -387,14 +387,12 @@ def to_datatree(
     >>> dt = to_datatree(fitted_model, num_samples=200)  # doctest: +SKIP
     >>> az.summary(dt, var_names=["shift"], kind="stats")  # doctest: +SKIP
     """
-    if not isinstance(num_samples, (int, np.integer)) or num_samples < 4:
-        raise CausalZooError(f"num_samples must be an integer >= 4; got {num_samples!r}.")
+    check_int("num_samples", num_samples, 4)
     if log_likelihood not in ("conditional", "marginal"):
         raise CausalZooError(
             f"log_likelihood={log_likelihood!r}: use 'conditional' or 'marginal'."
         )
-    if not isinstance(n_inner, (int, np.integer)) or n_inner < 1:
-        raise CausalZooError(f"n_inner must be a positive integer; got {n_inner!r}.")
+    check_int("n_inner", n_inner)
     from ..inference.nuts import NUTSResult
 
     if isinstance(model, NUTSResult):

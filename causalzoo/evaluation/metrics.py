@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import scipy.sparse as sp
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata
@@ -411,8 +411,7 @@ def top_de_genes(
             "the expression matrix has negative values; top_de_genes expects log-normalised "
             "(non-negative) data, e.g. from log_normalize, not scaled or centred data."
         )
-    if int(n_genes) < 1:
-        raise CausalZooError(f"n_genes={n_genes!r} must be a positive integer.")
+    n_genes = check_int("n_genes", n_genes)
     # Build a small AnnData of the two groups instead of slicing: slicing an AnnData with
     # categorical obs makes anndata 0.13 set a pandas option that pandas 3 deprecates.
     rows = np.flatnonzero(labels.isin([group, reference]).to_numpy())

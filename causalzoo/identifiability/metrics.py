@@ -21,7 +21,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 
 __all__ = [
     "correlation_matrix",
@@ -288,8 +288,7 @@ def entangled_floor(
     """
     zt = _as_2d("z_true", z_true)
     _check_method(method)
-    if int(n_rotations) < 1:
-        raise CausalZooError(f"n_rotations={n_rotations!r} must be a positive integer.")
+    n_rotations = check_int("n_rotations", n_rotations)
     rng = np.random.default_rng(seed)
     zs = _standardize(zt) * np.sqrt(zt.shape[0])
     scores = np.array(
@@ -445,13 +444,10 @@ def null_mcc(
     True
     """
     _check_method(method)
-    for name, v, lo in (("n_samples", n_samples, 3), ("n_true", n_true, 1),
-                        ("n_draws", n_draws, 1)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-            raise CausalZooError(f"{name}={v!r} must be an integer >= {lo}.")
-    n_hat = n_true if n_hat is None else n_hat
-    if isinstance(n_hat, bool) or not isinstance(n_hat, (int, np.integer)) or n_hat < n_true:
-        raise CausalZooError(f"n_hat={n_hat!r} must be an integer >= n_true={n_true}.")
+    n_samples = check_int("n_samples", n_samples, 3)
+    n_true, n_draws = check_int("n_true", n_true), check_int("n_draws", n_draws)
+    n_hat = check_int("n_hat", n_true if n_hat is None else n_hat, n_true,
+                      meaning="at least n_true")
     if not 0 < quantile <= 1:
         raise CausalZooError(f"quantile={quantile!r} must lie in (0, 1].")
     rng = np.random.default_rng(seed)

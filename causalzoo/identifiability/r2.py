@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from .metrics import _check_pair
 
 __all__ = ["r2_linear", "r2_kernel_ridge"]
@@ -164,10 +164,8 @@ def r2_kernel_ridge(
         gammas = tuple(np.logspace(-2, 2, 4) / zh.shape[1])
     if not gammas or any(not g > 0 for g in gammas):
         raise CausalZooError(f"gammas={gammas!r} must be a non-empty tuple of numbers > 0.")
-    if isinstance(n_folds, bool) or not isinstance(n_folds, int) or n_folds < 2:
-        raise CausalZooError(f"n_folds={n_folds!r} must be an integer >= 2.")
-    if isinstance(max_train, bool) or not isinstance(max_train, int) or max_train < 2 * n_folds:
-        raise CausalZooError(f"max_train={max_train!r} must be an integer >= {2 * n_folds}.")
+    check_int("n_folds", n_folds, 2)
+    check_int("max_train", max_train, 2 * n_folds, meaning="two rows per fold")
     train, test = _split(zt.shape[0], test_fraction, seed)
     train = train[:max_train]  # already a random order
     if train.size < 2 * n_folds:

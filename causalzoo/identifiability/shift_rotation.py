@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 
 __all__ = ["ShiftRotation", "sparse_shift_rotation"]
 
@@ -207,8 +207,7 @@ def sparse_shift_rotation(
         )
     if not np.isfinite(z).all():
         raise CausalZooError("z holds NaN or infinite values; the shifts cannot be rotated.")
-    if isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)) or n_starts < 0:
-        raise CausalZooError(f"n_starts must be an integer >= 0; got {n_starts!r}.")
+    check_int("n_starts", n_starts, 0)
     k = z.shape[1]
     is_control = labels == str(control)
     n_control = int(is_control.sum())

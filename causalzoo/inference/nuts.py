@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from numpyro.infer import MCMC, NUTS, init_to_uniform, init_to_value
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from .svi import as_key
 
 __all__ = ["NUTSResult", "fit_nuts"]
@@ -144,8 +144,7 @@ def fit_nuts(
     """
     for name, value in (("num_warmup", num_warmup), ("num_samples", num_samples),
                         ("num_chains", num_chains)):
-        if not isinstance(value, (int, np.integer)) or value < 1:
-            raise CausalZooError(f"{name} must be a positive integer; got {value!r}.")
+        check_int(name, value)
     data = dict(data or {})
     static_kwargs = dict(static_kwargs or {})
     clash = set(data) & set(static_kwargs)

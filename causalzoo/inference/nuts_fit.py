@@ -35,7 +35,7 @@ import jax
 import numpy as np
 from numpyro import handlers
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from .nuts import NUTSResult, fit_nuts
 
 __all__ = ["MAX_CELLS", "fit_by_method", "sparse_perturbation_nuts", "ivae_nuts"]
@@ -95,10 +95,10 @@ def _fixed_params(model, params):
 
 def _select_cells(n: int, subsample, max_cells, seed):
     """Index of the cells NUTS uses: all of them, or a seeded subsample; checks the cap."""
-    if not isinstance(max_cells, (int, np.integer)) or max_cells < 1:
-        raise CausalZooError(f"max_cells must be a positive integer; got {max_cells!r}.")
+    check_int("max_cells", max_cells)
     if subsample is not None:
-        if not isinstance(subsample, (int, np.integer)) or not 1 <= subsample <= n:
+        if (isinstance(subsample, bool) or not isinstance(subsample, (int, np.integer))
+                or not 1 <= subsample <= n):
             raise CausalZooError(f"subsample must be an integer in 1..{n}; got {subsample!r}.")
         index = np.sort(np.random.default_rng(seed).choice(n, int(subsample), replace=False))
     else:
@@ -115,8 +115,7 @@ def _select_cells(n: int, subsample, max_cells, seed):
 
 def _check_sizes(**values):
     for name, value in values.items():
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-            raise CausalZooError(f"{name} must be a positive integer; got {value!r}.")
+        check_int(name, value)
 
 
 def sparse_perturbation_nuts(

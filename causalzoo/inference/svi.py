@@ -52,7 +52,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from numpyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from . import checkpoint as _ckpt
 from ._recovery import _params_finite, _recover, _replay
 from ._state import (
@@ -233,15 +233,13 @@ def _validate(data, batch_size, max_steps, learning_rate, check_learning_rate=Tr
         raise CausalZooError(
             f"All data arrays must share their first (cell) axis; sizes were {sizes}."
         )
-    if not _is_int(batch_size) or batch_size < 1:
-        raise CausalZooError(f"batch_size must be a positive integer; got {batch_size!r}.")
+    check_int("batch_size", batch_size)
     if batch_size > n_cells:
         raise CausalZooError(
             f"batch_size={batch_size} is larger than the {n_cells} cells: pass "
             f"batch_size<={n_cells} (or leave it unset to use min(256, n_cells))."
         )
-    if not _is_int(max_steps) or max_steps < 1:
-        raise CausalZooError(f"max_steps must be a positive integer; got {max_steps!r}.")
+    check_int("max_steps", max_steps)
     if check_learning_rate and not (
         isinstance(learning_rate, (int, float, np.integer, np.floating))
         and not isinstance(learning_rate, bool)
@@ -266,10 +264,7 @@ _ON_NONFINITE = ("stop", "backoff")
 
 def _validate_reliability(checkpoint_dir, checkpoint_every, resume, on_nonfinite,
                           checkpoint_meta):
-    if not _is_int(checkpoint_every) or checkpoint_every < 1:
-        raise CausalZooError(
-            f"checkpoint_every must be a positive number of steps; got {checkpoint_every!r}."
-        )
+    check_int("checkpoint_every", checkpoint_every, meaning="a number of steps")
     if not isinstance(resume, bool):
         raise CausalZooError(f"resume must be True or False; got {resume!r}.")
     if resume and checkpoint_dir is None:
@@ -433,10 +428,7 @@ def fit_svi(
         default = steps_per_epoch if source is not None else max(50, min(steps_per_epoch, 500))
         steps_per_call = (int(saved[0]["fit"]["steps_per_call"]) if saved else
                           min(max_steps, default))
-    if not _is_int(steps_per_call) or steps_per_call < 1:
-        raise CausalZooError(
-            f"steps_per_call must be a positive integer; got {steps_per_call!r}."
-        )
+    check_int("steps_per_call", steps_per_call)
     if not saved:
         steps_per_call = int(min(steps_per_call, max_steps))
     steps_per_call = int(steps_per_call)

@@ -54,7 +54,7 @@ import numpyro
 import numpyro.distributions as dist
 from flax import nnx
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from ..blocks.likelihoods import Likelihood, get_likelihood
 from ..blocks.nn import _ACTIVATIONS, MLP, attach, scale_tril
 from .sparse_perturbation import cells_plate
@@ -106,13 +106,9 @@ class IVAEConfig:
     posterior: str = "full"
 
     def __post_init__(self):
-        for name in ("n_latent", "n_hidden"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise CausalZooError(f"{name} must be a positive integer; got {value!r}.")
-        if (not isinstance(self.n_layers, int) or isinstance(self.n_layers, bool)
-                or self.n_layers < 0):
-            raise CausalZooError(f"n_layers must be an integer >= 0; got {self.n_layers!r}.")
+        for name, minimum in (("n_latent", 1), ("n_hidden", 1), ("n_layers", 0)):
+            # numpy integers are accepted and stored as int (the config is saved as JSON)
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum))
         scale = self.observation_scale
         if scale is not None and (
             isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0

@@ -61,7 +61,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from ..blocks.likelihoods import Likelihood, get_likelihood
 from ..blocks.mechanisms import LinearGaussianSCM, additive_shift
 from ..blocks.nn import attach, default_factory
@@ -136,14 +136,10 @@ class SparsePerturbationConfig:
     networks: Mapping[str, Callable] | None = field(default=None, compare=False)
 
     def __post_init__(self):
-        for name in ("n_latent_invariant", "n_latent_response", "n_hidden"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise CausalZooError(f"{name} must be a positive integer; got {value!r}.")
-        if not isinstance(self.n_layers, int) or self.n_layers < 0:
-            raise CausalZooError(f"n_layers must be an integer >= 0; got {self.n_layers!r}.")
-        if isinstance(self.n_layers, bool):
-            raise CausalZooError(f"n_layers must be an integer >= 0; got {self.n_layers!r}.")
+        for name, minimum in (("n_latent_invariant", 1), ("n_latent_response", 1),
+                              ("n_hidden", 1), ("n_layers", 0)):
+            # numpy integers are accepted and stored as int (the config is saved as JSON)
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum))
         for name in ("alignment", "invariance"):
             value = getattr(self, name)
             if (

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from hypothesis import strategies as st
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 
 __all__ = [
     "ComponentMap",
@@ -215,9 +215,7 @@ def equivalence_transforms(
     """
     if kind not in _KINDS:
         raise CausalZooError(f"kind={kind!r} is unknown; use one of {list(_KINDS)}.")
-    if isinstance(n_latent, bool) or not isinstance(n_latent, (int, np.integer)) or n_latent < 1:
-        raise CausalZooError(f"n_latent={n_latent!r} must be a positive integer.")
-    n = int(n_latent)
+    n = check_int("n_latent", n_latent)
     offsets = st.tuples(*[st.floats(-5.0, 5.0, allow_nan=False)] * n)
     if kind == "affine":
         return st.builds(

@@ -116,7 +116,7 @@ def test_backed_rows_read_like_the_dense_matrix():
     [
         ({"chunk_cells": 0}, "chunk_cells=0"),
         ({"chunk_cells": 1000}, "chunk_cells=1000"),
-        ({"block_cells": 0}, "block_cells=0"),
+        ({"block_cells": 0}, "block_cells must be a positive integer; got 0"),
         ({"prefetch": "yes"}, "prefetch"),
     ],
 )
@@ -300,7 +300,7 @@ def test_control_pool_errors(counts):
         src.with_controls(np.ones(3, bool), np.zeros(n, int))
     with pytest.raises(CausalZooError, match="context must be an array of 150 integer"):
         src.with_controls(np.ones(n, bool), np.zeros(n))
-    with pytest.raises(CausalZooError, match="per_context=0"):
+    with pytest.raises(CausalZooError, match="per_context must be a positive integer; got 0"):
         src.with_controls(np.ones(n, bool), np.zeros(n, int), per_context=0)
     with pytest.raises(CausalZooError, match="must be new names"):
         src.with_controls(np.ones(n, bool), np.zeros(n, int), context_key="size")

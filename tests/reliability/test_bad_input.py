@@ -220,6 +220,32 @@ def test_invalid_model_hyper_parameters(kwargs, match):
         SparsePerturbationVAE(setup(make_adata()), **{**SMALL, **kwargs})
 
 
+def test_numpy_integer_sizes_are_accepted_and_saved_as_int(tmp_path):
+    m = SparsePerturbationVAE(setup(make_adata()), **{**SMALL, "n_hidden": np.int64(8),
+                                                      "n_layers": np.int32(1)})
+    assert type(m.config.n_hidden) is int and type(m.config.n_layers) is int
+    assert m.config.n_hidden == 8 and m.config.n_layers == 1
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    # entry points that used to accept a boolean or truncate a float
+    [(lambda: cz.inference.fit_nuts(lambda: None, num_chains=True),
+      "num_chains must be a positive integer; got True"),
+     (lambda: cz.identifiability.entangled_floor(np.eye(3), n_rotations=2.5),
+      "n_rotations must be a positive integer; got 2.5"),
+     (lambda: cz.identifiability.null_mcc(100, 2, n_hat=True),
+      "n_hat must be an integer >= 2"),
+     (lambda: cz.blocks.dag.power_series(np.zeros((2, 2)), order=1.0),
+      "order must be a positive integer"),
+     (lambda: cz.testing.strategies.equivalence_transforms(np.True_),
+      "n_latent must be a positive integer")],
+)
+def test_sizes_refuse_booleans_and_floats(call, match):
+    with pytest.raises(CausalZooError, match=match):
+        call()
+
+
 # ---------------------------------------------------------------- saved models
 
 
