@@ -204,19 +204,22 @@ def test_shift_in_rotated_axes(leak_fits):
     assert list(m.shift(rotate_response=True).index) == m.perturbation_names
 
 
-def test_fit_restarts_keeps_the_lowest_final_loss(tmp_path):
+def _small_model():
     data = cz.identifiability.generators.sparse_perturbation(
         n_perturbations=3, n_cells_per_condition=20, n_latent_invariant=1,
         n_latent_response=2, n_genes=12, seed=0,
     )
+    return cz.SparsePerturbationVAE.from_arrays(
+        data.x, data.u, n_latent_invariant=1, n_latent_response=2, n_hidden=8, n_layers=1,
+    )
 
-    def model():
-        return cz.SparsePerturbationVAE.from_arrays(
-            data.x, data.u, n_latent_invariant=1, n_latent_response=2, n_hidden=8, n_layers=1,
-        )
 
-    options = dict(max_steps=60, batch_size=40, learning_rate=1e-2, progress=False,
-                   early_stopping=False)
+SMALL_FIT = dict(max_steps=60, batch_size=40, learning_rate=1e-2, progress=False,
+                 early_stopping=False)
+
+
+def test_fit_restarts_keeps_the_lowest_final_loss(tmp_path):
+    model, options = _small_model, SMALL_FIT
     m = model().fit(seed=3, restarts=2, **options)
     finals = m.fit_info["restart_final_losses"]
     assert m.fit_info["restart_seeds"] == [3, 4]
@@ -243,18 +246,7 @@ def test_fit_restarts_by_marginal_likelihood_keep_the_highest():
     the one with the lowest final loss; a bad criterion is refused before any fit."""
     from causalzoo.api._common import _RESTART_MARGINAL_LL
 
-    data = cz.identifiability.generators.sparse_perturbation(
-        n_perturbations=3, n_cells_per_condition=20, n_latent_invariant=1,
-        n_latent_response=2, n_genes=12, seed=0,
-    )
-
-    def model():
-        return cz.SparsePerturbationVAE.from_arrays(
-            data.x, data.u, n_latent_invariant=1, n_latent_response=2, n_hidden=8, n_layers=1,
-        )
-
-    options = dict(max_steps=60, batch_size=40, learning_rate=1e-2, progress=False,
-                   early_stopping=False)
+    model, options = _small_model, SMALL_FIT
     m = model().fit(seed=0, restarts=3, restart_criterion="marginal_ll", **options)
     lls, finals = m.fit_info["restart_marginal_lls"], m.fit_info["restart_final_losses"]
     assert m.fit_info["restart_criterion"] == "marginal_ll"
