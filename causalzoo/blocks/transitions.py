@@ -21,6 +21,9 @@ per-variable mechanism whose parents are gated by a lag graph. Two step laws:
   skewness (``skew``) and tail weight (``tau``: heavier tails below 0); with ``s = skew =
   tau = 0`` and a normal base it is the conditional Gaussian. The base is ``N(0, 1)`` or a
   unit-variance Laplace. The inverse has a closed form, so sampling needs no root finding.
+  With linear mechanisms ``f`` is a sparse VAR and ``s = 0``, unless ``history_scale=True``
+  makes ``s`` a learned function of the masked window (a linear mean whose noise scale
+  follows the history).
 
 :func:`transition_mean` and :func:`flow_transition` declare the mechanism's parameters
 (``numpyro.param``, plus an NNX network for nonlinear residuals) inside a model and return
@@ -586,17 +589,17 @@ def _residual_mlp(in_features, out_features, *, rngs, **kwargs):
     return net
 
 
-def _mechanism(lag_graph, n_outputs, *, kind, factory, n_hidden, n_layers, activation):
-    """Declare the sparse linear part (and the residual network) of the mechanisms; return
-    ``(linear, residual)``, ``residual`` None for linear mechanisms or ``window (..., L, k)
-    -> (..., k, n_outputs)``."""
+def _mechanism(lag_graph, n_outputs, *, factory, n_hidden, n_layers, activation):
+    """Declare the sparse linear part (and, when ``n_outputs > 0``, the network over the
+    masked windows) of the mechanisms; return ``(linear, network)``, ``network`` None without
+    outputs or ``window (..., L, k) -> (..., k, n_outputs)``."""
     k, lags = lag_graph.shape[-1], lag_graph.shape[-2]
     weights = numpyro.param("transition_weights", jnp.zeros((k, lags, k)))
 
     def linear(window):
         return jnp.einsum("...lj,ilj->...i", window, weights * lag_graph)
 
-    if kind == "linear":
+    if n_outputs == 0:
         return linear, None
     factory = factory or partial(
         _residual_mlp, n_hidden=n_hidden, n_layers=max(n_layers, 1), activation=activation,
@@ -614,7 +617,8 @@ def _mechanism(lag_graph, n_outputs, *, kind, factory, n_hidden, n_layers, activ
 
 
 def transition_mean(lag_graph, *, kind: str = "mlp", factory: Callable | None = None,
-                    n_hidden: int = 64, n_layers: int = 2, activation: str = "leaky_relu"):
+                    n_hidden: int = 64, n_layers: int = 2, activation: str = "leaky_relu",
+                    history_scale: bool = False):
     """The conditional-Gaussian mechanism ``window (..., L, k) -> (..., k)``; declares its
     parameters (call inside a model).
 
@@ -634,6 +638,9 @@ def transition_mean(lag_graph, *, kind: str = "mlp", factory: Callable | None = 
         Custom network, ``factory(L * k + k, 1, rngs=...) -> nnx.Module``.
     n_hidden, n_layers, activation
         The default residual network's width, depth (at least 1) and activation.
+    history_scale : bool
+        Refused (``True`` raises): the conditional Gaussian's noise scale does not depend
+        on the history; :func:`flow_transition` takes it.
 
     Examples
     --------
@@ -643,8 +650,14 @@ def transition_mean(lag_graph, *, kind: str = "mlp", factory: Callable | None = 
     >>> mean_fn(jnp.ones((5, 1, 2))).shape
     (5, 2)
     """
-    linear, residual = _mechanism(lag_graph, 1, kind=kind, factory=factory, n_hidden=n_hidden,
-                                  n_layers=n_layers, activation=activation)
+    if history_scale:
+        raise CausalZooError(
+            "history_scale=True needs the flow prior (prior='flow'): the conditional "
+            "Gaussian's noise scale does not depend on the history."
+        )
+    linear, residual = _mechanism(lag_graph, 0 if kind == "linear" else 1, factory=factory,
+                                  n_hidden=n_hidden, n_layers=n_layers,
+                                  activation=activation)
     if residual is None:
         return linear
 
@@ -655,7 +668,8 @@ def transition_mean(lag_graph, *, kind: str = "mlp", factory: Callable | None = 
 
 
 def flow_transition(lag_graph, *, kind: str = "mlp", factory: Callable | None = None,
-                    n_hidden: int = 64, n_layers: int = 2, activation: str = "leaky_relu"):
+                    n_hidden: int = 64, n_layers: int = 2, activation: str = "leaky_relu",
+                    history_scale: bool = False):
     """The flow prior's conditional inverse ``window (..., L, k) -> FlowParams``; declares
     its parameters (call inside a model).
 
@@ -665,17 +679,26 @@ def flow_transition(lag_graph, *, kind: str = "mlp", factory: Callable | None = 
     residual network has four outputs per variable (mean, log-scale, skew and log tail
     residuals, all starting at 0), so the whole inverse depends on the history (TDRL's
     ``r_i(z_t,i, z_hist)``); with ``kind="linear"`` it is a sparse VAR with learned
-    non-Gaussian noise (LEAP-VAR). The skew is bounded to ``(-2, 2)`` and the log tail
-    weight to ``(-1, 1)`` (by ``b tanh(x / b)``), which keeps sampling finite.
+    non-Gaussian noise (LEAP-VAR). ``kind="linear", history_scale=True`` keeps the linear
+    mean and lets the noise scale follow the history: the network ``"transition"`` has one
+    output per variable, the log-scale ``s_i`` of its masked window (starting at 0), and
+    the skew and tail stay per-variable constants (a sparse VAR whose noise scale depends
+    on the past, as in CaRiNG's ``z_t,i = w z_t-1,i-1 + 0.1 |z_t-1,i| eps``). The skew is
+    bounded to ``(-2, 2)`` and the log tail weight to ``(-1, 1)`` (by ``b tanh(x / b)``),
+    which keeps sampling finite.
 
     Parameters
     ----------
     lag_graph : array (k, L, k)
     kind : {"mlp", "linear"}
     factory : callable, optional
-        Custom network, ``factory(L * k + k, 4, rngs=...) -> nnx.Module``.
+        Custom network, ``factory(L * k + k, 4, rngs=...) -> nnx.Module``
+        (``factory(L * k + k, 1, rngs=...)`` with ``history_scale=True``).
     n_hidden, n_layers, activation
         As in :func:`transition_mean`.
+    history_scale : bool
+        With ``kind="linear"``: a learned log-scale of the masked window (default: a
+        constant scale). ``kind="mlp"`` learns one already and refuses it.
 
     Examples
     --------
@@ -686,8 +709,15 @@ def flow_transition(lag_graph, *, kind: str = "mlp", factory: Callable | None = 
     [(5, 2), (5, 2), (5, 2), (5, 2)]
     """
     k = lag_graph.shape[-1]
-    linear, residual = _mechanism(lag_graph, FLOW_OUTPUTS, kind=kind, factory=factory,
-                                  n_hidden=n_hidden, n_layers=n_layers, activation=activation)
+    if history_scale and kind != "linear":
+        raise CausalZooError(
+            "history_scale=True applies to kind='linear' (a linear mean with a "
+            f"history-dependent noise scale); kind={kind!r} learns a history-dependent "
+            "log-scale already: leave history_scale False."
+        )
+    n_outputs = 1 if history_scale else 0 if kind == "linear" else FLOW_OUTPUTS
+    linear, residual = _mechanism(lag_graph, n_outputs, factory=factory, n_hidden=n_hidden,
+                                  n_layers=n_layers, activation=activation)
     skew = numpyro.param("flow_skew", jnp.zeros(k))
     log_tail = numpyro.param("flow_log_tail", jnp.zeros(k))
 
@@ -696,9 +726,10 @@ def flow_transition(lag_graph, *, kind: str = "mlp", factory: Callable | None = 
 
     def flow_fn(window):
         loc = linear(window)
-        if residual is None:
+        if residual is None or n_outputs == 1:
             zero = jnp.zeros_like(loc)
-            return FlowParams(loc, zero, bounded(skew + zero, _SKEW_BOUND),
+            log_scale = zero if residual is None else residual(window)[..., 0]
+            return FlowParams(loc, log_scale, bounded(skew + zero, _SKEW_BOUND),
                               bounded(log_tail + zero, _TAIL_BOUND))
         out = residual(window)
         return FlowParams(loc + out[..., 0], out[..., 1],

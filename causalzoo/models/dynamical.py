@@ -31,8 +31,9 @@ learned inverse transition, component-wise given the history::
     eps_n,t,i = sinh(exp(tau_i(.)) asinh(v_n,t,i) - skew_i(.))  ~ p_base   # N(0,1) or Laplace
     log p(z_n,t | history) = sum_i log p_base(eps_n,t,i) + log |d eps_n,t,i / d z_n,t,i|
 
-(``(.)`` the masked window; with ``transition="linear"``, ``s = 0`` and ``skew, tau`` are
-learned per-variable constants), so the domain still shifts the mean and noise scale of its
+(``(.)`` the masked window; with ``transition="linear"``, ``s = 0``, or a learned function
+of the window with ``history_scale=True``, and ``skew, tau`` are learned per-variable
+constants), so the domain still shifts the mean and noise scale of its
 targets, and the noise shape is learned (:mod:`causalzoo.blocks.transitions`).
 The transition log-density of a whole path is computed at once from the path (every ``z_t``
 is a latent site, so all windows are known): no loop over time in the ELBO. Prior sampling
@@ -86,7 +87,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_int
 from ..blocks.likelihoods import Likelihood, get_likelihood
 from ..blocks.nn import attach, default_factory, scale_tril
 from ..blocks.priors import StraightThroughBernoulli
@@ -116,6 +117,10 @@ NETWORK_NAMES = ("decoder", "encoder", "encoder_invariant", "transition")
 TRANSITIONS = ("mlp", "linear")
 NOISE_MODULATIONS = ("targets", "all")
 POSTERIORS = ("diagonal", "full")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _logit(p: float) -> float:
@@ -148,6 +153,13 @@ class DynamicalConfig:
     flow_base : {"normal", "laplace"}
         Base distribution of the flow prior's noise (unit variance); ignored by the
         Gaussian prior.
+    history_scale : bool
+        With ``transition="linear"`` and ``prior="flow"``: let each variable's noise scale
+        be a learned function of its masked history (the network ``"transition"``, one
+        log-scale output, starting at 0), the mean staying a sparse linear VAR (a process
+        such as CaRiNG's, whose noise scale is proportional to the previous value). Default
+        False: a constant scale. ``transition="mlp"`` under the flow prior learns a
+        history-dependent scale already.
     edge_probability : float
         Prior probability of each lagged edge ``z_{t-l, j} -> z_{t, i}``.
     target_probability : float
@@ -192,7 +204,8 @@ class DynamicalConfig:
         Custom network factories by name (``decoder``, ``encoder``, ``encoder_invariant``,
         ``transition``): ``factory(in_features, out_features, *, rngs) -> nnx.Module``.
         The transition network gets ``out_features=1`` under the Gaussian prior and 4 under
-        the flow prior (mean, log-scale, skew and log tail residuals).
+        the flow prior (mean, log-scale, skew and log tail residuals); with
+        ``history_scale=True`` it gets 1 (the log-scale).
     """
 
     n_latent: int = 4
@@ -204,6 +217,7 @@ class DynamicalConfig:
     transition: str = "mlp"
     prior: str = "gaussian"
     flow_base: str = "normal"
+    history_scale: bool = False
     edge_probability: float = 0.5
     target_probability: float = 0.5
     shift_scale: float = 1.0
@@ -218,25 +232,21 @@ class DynamicalConfig:
     networks: Mapping[str, Callable] | None = field(default=None, compare=False)
 
     def __post_init__(self):
-        for name in ("n_latent", "n_lags", "n_hidden"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise CausalZooError(f"{name} must be a positive integer; got {value!r}.")
-        for name in ("n_latent_invariant", "n_layers", "encoder_context"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise CausalZooError(f"{name} must be an integer >= 0; got {value!r}.")
+        for name, minimum in (("n_latent", 1), ("n_lags", 1), ("n_hidden", 1),
+                              ("n_latent_invariant", 0), ("n_layers", 0),
+                              ("encoder_context", 0)):
+            # numpy integers are accepted and stored as int (the config is saved as JSON)
+            object.__setattr__(self, name, check_int(name, getattr(self, name), minimum))
         for name in ("edge_probability", "target_probability"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+            if not _is_number(value) or not 0.0 < value < 1.0:
                 raise CausalZooError(f"{name} must lie in (0, 1); got {value!r}.")
         for name in ("shift_scale", "log_scale_shift_scale"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0:
+            if not _is_number(value) or not value > 0:
                 raise CausalZooError(f"{name} must be > 0; got {value!r}.")
         ws = self.weight_shift_scale
-        if ws is not None and (isinstance(ws, bool) or not isinstance(ws, (int, float))
-                               or not ws > 0):
+        if ws is not None and (not _is_number(ws) or not ws > 0):
             raise CausalZooError(
                 f"weight_shift_scale must be a number > 0, or None to keep the lag weights "
                 f"shared by all domains; got {ws!r}."
@@ -264,7 +274,7 @@ class DynamicalConfig:
             )
         scale = self.observation_scale
         if scale is not None:
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            if not _is_number(scale) or not scale > 0:
                 raise CausalZooError(
                     f"observation_scale must be a number > 0, or None to learn it; got "
                     f"{scale!r}."
@@ -279,6 +289,18 @@ class DynamicalConfig:
             raise CausalZooError(
                 f"flow_base={self.flow_base!r}: use one of {list(FLOW_BASES)} (the base "
                 "distribution of the flow prior's noise)."
+            )
+        if not isinstance(self.history_scale, bool):
+            raise CausalZooError(
+                f"history_scale must be True or False; got {self.history_scale!r}."
+            )
+        if self.history_scale and (self.prior != "flow" or self.transition != "linear"):
+            raise CausalZooError(
+                "history_scale=True needs transition='linear' and prior='flow' (a linear "
+                "mean whose flow noise scale follows the history); got "
+                f"transition={self.transition!r}, prior={self.prior!r}. The Gaussian prior's "
+                "scale does not depend on the history, and transition='mlp' under the flow "
+                "prior learns a history-dependent scale already."
             )
         unknown = set(self.networks or {}) - set(NETWORK_NAMES)
         if unknown:
@@ -400,7 +422,7 @@ def transition_fn(config: DynamicalConfig, lag_graph):
 def _mechanism_kwargs(config: DynamicalConfig) -> dict[str, Any]:
     return {"kind": config.transition, "factory": (config.networks or {}).get("transition"),
             "n_hidden": config.n_hidden, "n_layers": config.n_layers,
-            "activation": config.activation}
+            "activation": config.activation, "history_scale": config.history_scale}
 
 
 def model_blocks(config: DynamicalConfig, n_domains: int, n_features: int, x, library_size,

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from numpyro import handlers
 from scipy import stats
 
@@ -212,3 +213,131 @@ def test_flow_transition_sites_and_gaussian_start(kind):
     np.testing.assert_allclose(flow.loc, mean, atol=1e-6)
     for a in flow[1:]:
         np.testing.assert_array_equal(a, 0.0)
+
+
+# ------------------------------------------- linear mean, history-dependent scale (flow)
+
+
+class _FixedScale(nnx.Module):
+    """A transition network with a known output: ``c * tanh(sum(masked window))``, the
+    log-scale of ``history_scale=True``."""
+
+    def __init__(self, in_features, out_features, *, rngs):
+        assert out_features == 1
+        self.c = nnx.Param(jnp.asarray(0.4))
+
+    def __call__(self, inputs):
+        return self.c[...] * jnp.tanh(inputs[..., : K * L].sum(-1, keepdims=True))
+
+
+def _history_scale_program(graph, weights, factory=None):
+    def program(window):
+        return tr.flow_transition(graph, kind="linear", history_scale=True, factory=factory,
+                                  n_hidden=8, n_layers=1)(window)
+
+    return handlers.substitute(program, data={"transition_weights": weights})
+
+
+def test_history_scale_log_prob_matches_a_hand_computation():
+    """kind='linear', history_scale=True: step t is Normal(linear mean + shift, scale *
+    exp(s(masked window))) (the shape parameters start at 0, normal base); the path
+    log-density is computed by hand with scipy in float64."""
+    rng = np.random.default_rng(5)
+    graph = jnp.asarray(rng.random((K, L, K)) < 0.6, jnp.float32).at[0, 0, 1].set(0.0)
+    weights = jnp.asarray(rng.normal(size=(K, L, K)), jnp.float32)
+    program = _history_scale_program(graph, weights, factory=_FixedScale)
+    flow_fn = handlers.seed(lambda: tr.flow_transition(
+        graph, kind="linear", history_scale=True, factory=_FixedScale), 0)
+    flow_fn = handlers.substitute(flow_fn, data={"transition_weights": weights})()
+    shift, scale, initial_scale = _args(rng)
+    d = FlowLaggedTransition(flow_fn, shift, scale, initial_scale, n_steps=T, n_lags=L)
+    z = np.asarray(rng.normal(size=(B, T, K)), np.float64)
+    g, w = np.asarray(graph, np.float64), np.asarray(weights, np.float64)
+    expected = stats.norm.logpdf(z[:, :L], np.asarray(shift)[:, None],
+                                 np.asarray(initial_scale)[:, None]).sum((1, 2))
+    for t in range(L, T):
+        window = z[:, t - L:t][:, ::-1]  # (B, L, k), lag 1 first
+        masked = window[:, None] * g  # (B, k_child, L, k_parent)
+        loc = (masked * w).sum((2, 3)) + np.asarray(shift)
+        sd = np.asarray(scale) * np.exp(0.4 * np.tanh(masked.sum((2, 3))))
+        expected += stats.norm.logpdf(z[:, t], loc, sd).sum(-1)
+    np.testing.assert_allclose(d.log_prob(jnp.asarray(z, jnp.float32)), expected, rtol=1e-5)
+    # the scale follows the history: the same step with another past scores differently
+    window = jnp.asarray(z[:, :L][:, ::-1], jnp.float32)
+    p = handlers.seed(program, 0)(window)
+    np.testing.assert_allclose(p.log_scale,
+                               0.4 * np.tanh((np.asarray(window)[:, None] * g).sum((2, 3))),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(p.skew, 0.0)
+
+
+def test_history_scale_sites_start_at_the_linear_flow():
+    """One network output (the log-scale), starting at 0: at initialisation the prior is
+    the linear flow (LEAP-VAR); the mean never has a nonlinear residual."""
+    graph = jnp.ones((K, L, K))
+    weights = jnp.asarray(np.random.default_rng(6).normal(size=(K, L, K)), jnp.float32)
+    window = jnp.asarray(np.random.default_rng(7).normal(size=(5, L, K)), jnp.float32)
+    program = _history_scale_program(graph, weights)
+    trace = handlers.trace(handlers.seed(program, 0)).get_trace(window)
+    out = trace["transition$params"]["value"]["out"]["kernel"]
+    assert jnp.shape(out)[-1] == 1
+    p = handlers.seed(program, 0)(window)
+    linear = handlers.seed(handlers.substitute(
+        lambda w: tr.flow_transition(graph, kind="linear")(w),
+        data={"transition_weights": weights}), 0)(window)
+    for a, b in zip(p, linear, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_history_scale_samples_have_the_history_scale():
+    """Prior draws by lax.scan: shape, and the step noise standardised by the history's
+    scale is N(0, 1) while unstandardised it is not."""
+    rng = np.random.default_rng(8)
+    graph = jnp.ones((K, L, K))
+    weights = jnp.asarray(0.3 * rng.normal(size=(K, L, K)), jnp.float32)
+    flow_fn = handlers.substitute(handlers.seed(lambda: tr.flow_transition(
+        graph, kind="linear", history_scale=True, factory=_FixedScale), 0),
+        data={"transition_weights": weights})()
+    d = FlowLaggedTransition(flow_fn, jnp.zeros((B, K)), jnp.full((B, K), 0.5), n_steps=T,
+                             n_lags=L)
+    z = d.sample(jax.random.key(1), (3000,))
+    assert z.shape == (3000, B, T, K) and np.isfinite(np.asarray(z)).all()
+    eps = np.asarray(d.inverse(z)).ravel()
+    assert stats.kstest(eps, "norm").pvalue > 1e-3
+    p = flow_fn(d.windows(z))
+    raw = np.asarray((z[..., L:, :] - p.loc) / 0.5).ravel()
+    assert stats.kstest(raw, "norm").pvalue < 1e-3  # the scale does vary with the history
+
+
+def test_history_scale_in_the_model_under_seed_trace_and_predictive():
+    from numpyro.infer import Predictive
+
+    from causalzoo.models.dynamical import DynamicalConfig, dynamical_model
+
+    cfg = DynamicalConfig(n_latent=K, n_lags=L, n_hidden=8, n_layers=1, transition="linear",
+                          prior="flow", history_scale=True)
+    u = jnp.array([0, 1, 1])
+    kw = dict(u=u, n_steps=T, n_features=4, n_domains=2, config=cfg)
+    trace = handlers.trace(handlers.seed(dynamical_model, 0)).get_trace(**kw)
+    assert jnp.shape(trace["transition$params"]["value"]["out"]["kernel"])[-1] == 1
+    assert isinstance(trace["z"]["fn"], FlowLaggedTransition)
+    assert np.isfinite(float(trace["z"]["fn"].log_prob(trace["z"]["value"]).sum()))
+    draws = Predictive(dynamical_model, num_samples=2)(jax.random.key(0), **kw)
+    assert draws["z"].shape == (2, 3, T, K) and draws["x"].shape == (2, 3, T, 4)
+    assert DynamicalConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_history_scale_errors():
+    graph = jnp.ones((K, L, K))
+    with pytest.raises(CausalZooError, match="needs the flow prior"):
+        handlers.seed(lambda: tr.transition_mean(graph, kind="linear", history_scale=True),
+                      0)()
+    with pytest.raises(CausalZooError, match="kind='mlp' learns"):
+        handlers.seed(lambda: tr.flow_transition(graph, kind="mlp", history_scale=True), 0)()
+    from causalzoo.models.dynamical import DynamicalConfig
+
+    for bad in (dict(transition="mlp", prior="flow"), dict(transition="linear")):
+        with pytest.raises(CausalZooError, match="history_scale=True needs transition='lin"):
+            DynamicalConfig(history_scale=True, **bad)
+    with pytest.raises(CausalZooError, match="history_scale must be True or False"):
+        DynamicalConfig(transition="linear", prior="flow", history_scale=1)

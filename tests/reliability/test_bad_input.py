@@ -5,6 +5,7 @@ and is raised before the model compiles (checked with JAX's compile log)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import shutil
@@ -225,6 +226,16 @@ def test_numpy_integer_sizes_are_accepted_and_saved_as_int(tmp_path):
                                                       "n_layers": np.int32(1)})
     assert type(m.config.n_hidden) is int and type(m.config.n_layers) is int
     assert m.config.n_hidden == 8 and m.config.n_layers == 1
+    dyn = cz.models.dynamical.DynamicalConfig(n_latent=np.int64(2), encoder_context=np.int8(1))
+    assert type(dyn.n_latent) is int and type(dyn.encoder_context) is int
+    assert dyn.to_dict()["n_latent"] == 2
+
+
+@pytest.mark.parametrize("field", ["shift_scale", "log_scale_shift_scale",
+                                   "weight_shift_scale", "observation_scale"])
+def test_dynamical_scales_refuse_booleans(field):
+    with pytest.raises(CausalZooError, match=field):
+        cz.models.dynamical.DynamicalConfig(**{field: True})
 
 
 @pytest.mark.parametrize(
@@ -238,7 +249,8 @@ def test_numpy_integer_sizes_are_accepted_and_saved_as_int(tmp_path):
       "n_hat must be an integer >= 2"),
      (lambda: cz.blocks.dag.power_series(np.zeros((2, 2)), order=1.0),
       "order must be a positive integer"),
-     (lambda: cz.testing.strategies.equivalence_transforms(np.True_),
+     (lambda: importlib.import_module("causalzoo.testing.strategies")
+      .equivalence_transforms(np.True_),
       "n_latent must be a positive integer")],
 )
 def test_sizes_refuse_booleans_and_floats(call, match):
