@@ -30,13 +30,16 @@ same cells: ``shuffled`` (snapshot mode with the cells' domain labels permuted),
 dynamics, the reference snapshot mode should reach) or ``vae`` (one segment: the floor).
 
 ``--prior flow`` fits the flow-style transition prior (learned inverse transition plus its
-Jacobian, ``--flow-base`` its base noise) instead of the conditional Gaussian.
+Jacobian, ``--flow-base`` its base noise) instead of the conditional Gaussian, and with
+``--transition linear --history-scale`` its noise scale is a learned function of the history
+(``DynamicalConfig(history_scale=True)``).
 ``--generator tdrl`` draws ``generators.tdrl_changing`` (the dynamics change across domains)
 instead of LEAP's changing noise, and ``--noise laplace`` re-simulates the chosen generator's
 latents with the same lag weights, noise scales and mixing but Laplace transition noise of
 the same standard deviation (non-Gaussian noise; the generators themselves draw Gaussian).
 ``--n-changing`` sets how many lag-1 entries TDRL's domains change, ``--graph-density`` the
-density of its lag graph (1.0: dense, as TDRL's own generator), and
+density of its lag graph (1.0: dense, as TDRL's own generator), ``--tdrl-dynamics linear``
+its transition without the leaky ReLU (a sparse VAR whose domains change lag-1 weights), and
 ``--weight-shift-scale`` lets the model's domains change the lag weights of their targets
 (``DynamicalConfig(weight_shift_scale=...)``). ``--generator caring`` draws CaRiNG's
 non-invertible process (``--encoder-context`` widens the encoder's window).
@@ -48,15 +51,16 @@ targets reach the model as labels per step, the code of each step's intervention
 Every row also prints the held-out linear and kernel-ridge R^2 of the truth from the
 estimate (information present but entangled vs absent) and the smallest, over domains, of
 a domain's largest target probability (whether the domains still act). ``--schedule
-cosine``, ``--fit-seed``, ``--shift-scale``, ``--log-scale-shift-scale`` and
-``--target-probability`` set the fit's schedule and seed and the model's priors (defaults:
-the model's). ``--log-scale-shift-rate global`` trains the domains' log noise-scale shifts at the
-global learning rate, ``--noise-modulation all`` lets every domain change every latent's noise
-scale (LEAP's noise model), ``--noise-scale`` sets the generator's noise level, and
-``--control stationary`` fits the control with one domain for all units instead of shuffled
-labels. ``--restarts R`` runs the R fits that ``fit(restarts=R)`` compares (fit seeds
-``--fit-seed`` onwards), one row each with its final loss, and marks the one it keeps
-(lowest final loss): does ranking by the ELBO pick the fit that recovers?
+cosine``, ``--fit-seed``, ``--shift-scale``, ``--log-scale-shift-scale``,
+``--target-probability`` and ``--edge-probability`` set the fit's schedule and seed and the
+model's priors (defaults: the model's). ``--log-scale-shift-rate global`` trains the
+domains' log noise-scale shifts at the global learning rate, ``--noise-modulation all``
+lets every domain change every latent's noise scale (LEAP's noise model),
+``--noise-scale`` sets the generator's noise level, and ``--control stationary`` fits the
+control with one domain for all units instead of shuffled labels. ``--restarts R`` runs
+the R fits that ``fit(restarts=R)`` compares (fit seeds ``--fit-seed`` onwards), one row
+each with its final loss, and marks the one it keeps (lowest final loss): does ranking by
+the ELBO pick the fit that recovers?
 ``--marginal-ll`` adds each fit's ``get_marginal_ll()``, and ``--restart-criterion
 marginal_ll`` marks the fit with the highest one kept, as ``fit(restarts=R,
 restart_criterion="marginal_ll")`` does.
@@ -115,9 +119,10 @@ def with_noise(data, noise: str, seed: int):
             b = data.transition[0]
             drive = sum(_leaky_relu(z[:, t - lag - 1] @ b[lag]) for lag in range(lags))
             z[:, t] = _leaky_relu(drive + eps)
-        else:  # tdrl_changing
+        else:  # tdrl_changing, with its leaky-ReLU or linear transition
             drive = np.einsum("nli,nlij->nj", z[:, t - lags:t][:, ::-1], data.transition[u])
-            z[:, t] = _leaky_relu(drive) + eps
+            linear = data.info.get("dynamics") == "linear"
+            z[:, t] = (drive if linear else _leaky_relu(drive)) + eps
     return dataclasses.replace(data, z=z.astype(np.float32),
                                x=data.observe(z).astype(np.float32))
 
@@ -138,7 +143,8 @@ def make_data(args):
         data = cz.identifiability.generators.tdrl_changing(
             n_domains=args.domains, n_per_domain=args.per_domain, n_latent=args.latents,
             n_lags=args.lags, n_steps=args.n_steps, noise_scale=args.noise_scale,
-            n_changing=args.n_changing, graph_density=args.graph_density, seed=args.seed,
+            n_changing=args.n_changing, graph_density=args.graph_density,
+            dynamics=args.tdrl_dynamics, seed=args.seed,
         )
     else:
         data = cz.identifiability.generators.leap_nonstationary(
@@ -151,7 +157,9 @@ def make_data(args):
 
 def _config(args) -> dict:
     return {"n_hidden": args.hidden, "transition": args.transition, "prior": args.prior,
-            "flow_base": args.flow_base, "target_probability": args.target_probability,
+            "flow_base": args.flow_base, "history_scale": args.history_scale,
+            "target_probability": args.target_probability,
+            "edge_probability": args.edge_probability,
             "log_scale_shift_scale": args.log_scale_shift_scale,
             "shift_scale": args.shift_scale, "noise_modulation": args.noise_modulation,
             "posterior": args.posterior, "observation_scale": args.observation_scale,
@@ -539,6 +547,8 @@ def main(argv=None):
                         "(DynamicalCausalVAE.fit)")
     parser.add_argument("--target-probability", type=float, default=0.5,
                         help="prior probability that a domain targets a latent")
+    parser.add_argument("--edge-probability", type=float, default=0.5,
+                        help="prior probability of each lagged edge (the model's default: 0.5)")
     parser.add_argument("--shift-scale", type=float, default=1.0,
                         help="prior scale of the domains' mean shifts (small: variance-only "
                         "modulation, as LEAP's generator)")
@@ -563,6 +573,9 @@ def main(argv=None):
                         help="transition prior of the fitted model")
     parser.add_argument("--flow-base", default="normal", choices=["normal", "laplace"],
                         help="base noise of the flow prior")
+    parser.add_argument("--history-scale", action="store_true",
+                        help="with --prior flow --transition linear: the noise scale is a "
+                        "learned function of the masked history (history_scale=True)")
     parser.add_argument("--generator", default="leap",
                         choices=["leap", "tdrl", "caring", "citris"],
                         help="caring: one domain, n_units = domains x per-domain, fewer "
@@ -575,6 +588,10 @@ def main(argv=None):
     parser.add_argument("--graph-density", type=float, default=0.3,
                         help="TDRL generator: probability of a lag edge (1.0: every lag weight "
                         "non-zero, as in TDRL's own generator)")
+    parser.add_argument("--tdrl-dynamics", default="leaky_relu",
+                        choices=["leaky_relu", "linear"],
+                        help="TDRL generator: its transition (linear: without the leaky ReLU, "
+                        "a sparse VAR whose lag-1 weights change across domains)")
     parser.add_argument("--encoder-context", type=int, default=0,
                         help="steps before and after each step that its encoder reads")
     parser.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace"],
@@ -616,6 +633,8 @@ def main(argv=None):
     if args.staged and not args.snapshot:
         parser.error("--staged is a snapshot-mode option: use --snapshot")
     args.marginal_ll = args.marginal_ll or args.restart_criterion == "marginal_ll"
+    if args.tdrl_dynamics != "leaky_relu" and args.generator != "tdrl":
+        parser.error("--tdrl-dynamics sets TDRL's transition: use it with --generator tdrl")
     if args.generator in ("citris", "caring") and (
             args.oracle or args.snapshot or args.noise != "gaussian"):
         parser.error(f"--generator {args.generator} runs sequence mode with its own noise: "

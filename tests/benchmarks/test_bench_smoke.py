@@ -4,7 +4,8 @@ It checks that the harness still drives causalzoo's engine one compiled call per
 (the progress-bar stand-in of the engine worker raises if a call runs another number of
 steps), writes its JSON and CSV, and says so when torch or scvi-tools is missing instead of failing.
 Also that ``benchmarks/recovery_dynamical.py --generator citris`` turns the observed
-intervention sets into labels per step and fits them.
+intervention sets into labels per step and fits them, and that ``--tdrl-dynamics linear``
+reaches TDRL's generator and its Laplace re-simulation.
 """
 
 import argparse
@@ -169,3 +170,45 @@ def test_restart_criterion_marks_the_highest_marginal_likelihood(recovery_dynami
     lls = [float(r["marginal_ll"]) for r in rows]
     assert len(rows) == 2 and lls[0] != lls[1]
     assert [r["kept"] for r in rows] == ["yes" if v == max(lls) else "" for v in lls]
+
+
+def test_tdrl_linear_dynamics_reach_the_generator_and_the_laplace_resimulation(
+        recovery_dynamical):
+    """``--tdrl-dynamics linear`` draws ``tdrl_changing(dynamics="linear")``, and ``--noise
+    laplace`` re-simulates that draw with the linear transition (no leaky ReLU): every step
+    is the lagged drive plus Laplace noise of the generator's scale (no fit)."""
+    from causalzoo.identifiability.generators import tdrl_changing
+
+    args = argparse.Namespace(
+        generator="tdrl", domains=4, per_domain=200, latents=3, lags=2, n_steps=6,
+        noise_scale=0.5, n_changing=2, graph_density=0.3, tdrl_dynamics="linear", seed=1,
+        noise="gaussian")
+    data = recovery_dynamical.make_data(args)
+    expected = tdrl_changing(n_domains=4, n_per_domain=200, n_latent=3, n_steps=6,
+                             noise_scale=0.5, dynamics="linear", seed=1)
+    np.testing.assert_array_equal(data.x, expected.x)
+    laplace = recovery_dynamical.make_data(argparse.Namespace(**{**vars(args),
+                                                                 "noise": "laplace"}))
+    z = laplace.z.astype(np.float64)
+    w = laplace.transition[laplace.u].astype(np.float64)
+    eps = np.stack([z[:, t] - np.einsum("nli,nlij->nj", z[:, t - 2:t][:, ::-1], w)
+                    for t in range(2, 6)])
+    assert eps.std() == pytest.approx(0.5, rel=0.05)
+    kurtosis = ((eps - eps.mean()) ** 4).mean() / eps.var() ** 2
+    assert kurtosis == pytest.approx(6.0, rel=0.2)  # Laplace: 6; Gaussian: 3
+    with pytest.raises(SystemExit):  # TDRL's option, refused for another generator
+        recovery_dynamical.main(["--tdrl-dynamics", "linear"])
+
+
+def test_history_scale_reaches_the_model(recovery_dynamical, capsys):
+    """``--history-scale`` sets ``DynamicalConfig(history_scale=True)``: refused by the
+    model's own check without the flow prior, and fitted with it (toy size, CaRiNG)."""
+    from causalzoo import CausalZooError
+
+    toy = ["--generator", "caring", "--latents", "3", "--domains", "1", "--per-domain", "8",
+           "--n-steps", "4", "--lags", "1", "--steps", "3", "--batch-size", "4",
+           "--hidden", "8", "--no-control", "--history-scale", "--transition", "linear"]
+    with pytest.raises(CausalZooError, match="history_scale=True needs"):
+        recovery_dynamical.main(toy)
+    recovery_dynamical.main([*toy, "--prior", "flow"])
+    assert "\ntrue | " in capsys.readouterr().out

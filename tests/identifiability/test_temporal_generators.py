@@ -161,6 +161,34 @@ def test_tdrl_change_is_large_against_the_noise():
     assert data.transition[:, 0, rows, cols].std(axis=0).min() > 0.25
 
 
+def test_tdrl_linear_dynamics_is_the_same_draw_without_the_leaky_relu():
+    """``dynamics="linear"`` changes only the transition: the lag weights, changing entries,
+    history, mixing and the noise draws are those of the default draw, and every step is the
+    lagged drive plus that noise (a sparse VAR whose lag-1 weights change per domain)."""
+    kwargs = dict(n_domains=4, n_per_domain=300, n_latent=3, n_steps=6, noise_scale=0.5,
+                  seed=3)
+    relu, lin = tdrl_changing(**kwargs), tdrl_changing(dynamics="linear", **kwargs)
+    assert relu.info["dynamics"] == "leaky_relu" and lin.info["dynamics"] == "linear"
+    for field in ("u", "graph", "transition", "noise_scale"):
+        np.testing.assert_array_equal(getattr(lin, field), getattr(relu, field))
+    np.testing.assert_array_equal(lin.info["changing"], relu.info["changing"])
+    for a, b in zip(lin.mixing, relu.mixing, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(lin.z[:, :2], relu.z[:, :2])
+    assert not np.allclose(lin.z[:, 2:], relu.z[:, 2:]), "the transition differs"
+    w = relu.transition[relu.u].astype(np.float64)  # (units, lags, parent, child)
+
+    def noise(data, link):
+        z = data.z.astype(np.float64)
+        return np.stack([z[:, t] - link(np.einsum("nli,nlij->nj", z[:, t - 2:t][:, ::-1], w))
+                         for t in range(2, z.shape[1])], axis=1)
+
+    eps = noise(lin, lambda a: a)
+    np.testing.assert_allclose(eps, noise(relu, leaky_relu), atol=1e-4)
+    assert eps.std() == pytest.approx(0.5, rel=0.05)
+    np.testing.assert_allclose(lin.observe(lin.z), lin.x, rtol=1e-4, atol=1e-5)
+
+
 def test_citris_interventions_are_observed_and_replace_the_variable():
     data = citris_temporal(n_units=300, n_steps=20, n_latent=5, seed=4)
     u = data.u
@@ -203,6 +231,7 @@ def test_floors_are_well_below_one_on_every_generator():
         (lambda: leap_nonstationary(n_steps=2, n_lags=2), "n_steps"),
         (lambda: leap_nonstationary(graph_density=1.5), "graph_density"),
         (lambda: tdrl_changing(n_latent=2, n_changing=5), "n_changing"),
+        (lambda: tdrl_changing(dynamics="relu"), "dynamics"),
         (lambda: caring(n_latent=3, n_observed=3), "n_observed"),
         (lambda: citris_temporal(n_latent=5, n_features=3), "n_features"),
         (lambda: citris_temporal(intervention_prob=2.0), "intervention_prob"),

@@ -286,6 +286,7 @@ def tdrl_changing(
     n_changing: int = 2,
     noise_scale: float = 0.1,
     n_mixing_layers: int = 2,
+    dynamics: str = "leaky_relu",
     seed: int = 0,
 ) -> TemporalData:
     """TDRL's changing-causal-dynamics process, seeded.
@@ -299,7 +300,9 @@ def tdrl_changing(
        largest ``sum_l ||B_l^u||_2`` is 0.95 and only the ``n_changing`` entries differ
        across domains (a factor per domain would change every weight of that domain);
     3. noise ``eps_t ~ N(0, noise_scale^2 I)`` in every domain (only the dynamics change);
-    4. ``z_t = leaky_relu(sum_l z_{t-l} B_l^u) + eps_t``; history ``z_{0..L-1} ~ N(0, I)``;
+    4. ``z_t = leaky_relu(sum_l z_{t-l} B_l^u) + eps_t`` (``dynamics="linear"``: without
+       the leaky ReLU, a sparse vector autoregression whose lag weights change across
+       domains); history ``z_{0..L-1} ~ N(0, I)``;
     5. ``x_t = MLP(z_t)``, the invertible leaky-ReLU MLP of :func:`leap_nonstationary`.
 
     TDRL's own generator (``pnl_change_gaussian_ts``) puts the noise inside the outer
@@ -327,13 +330,21 @@ def tdrl_changing(
         Lag-1 entries whose weight differs across domains (<= ``n_latent^2``).
     noise_scale : float > 0
     n_mixing_layers : int
+    dynamics : {"leaky_relu", "linear"}
+        The transition: ``"leaky_relu"`` (default) applies the leaky ReLU to the lagged
+        drive; ``"linear"`` leaves it out (the same draw otherwise: lag weights, changing
+        entries, history, noise and mixing are identical). With linear dynamics the law of
+        the latents is unchanged by a rotation of them, so only the sparsity of the change
+        (and of the lag graph) tells the true basis from a rotated one; measured in
+        ``docs/models/dynamical.md``, "TDRL's changing dynamics".
     seed : int
 
     Returns
     -------
     TemporalData
         ``transition[u]`` holds the lag matrices of domain ``u``; ``info["changing"]`` the
-        ``(row, column)`` of the changing lag-1 entries.
+        ``(row, column)`` of the changing lag-1 entries, ``info["dynamics"]`` the
+        transition.
 
     Examples
     --------
@@ -354,8 +365,13 @@ def tdrl_changing(
         )
     noise = _check_float("noise_scale", noise_scale, 0.0, low_open=True)
     layers = _check_int("n_mixing_layers", n_mixing_layers, 1)
+    if dynamics not in ("leaky_relu", "linear"):
+        raise CausalZooError(
+            f"dynamics={dynamics!r} is not a TDRL transition; use 'leaky_relu' or 'linear'."
+        )
     seed = _check_int("seed", seed, 0)
     rng = np.random.default_rng(seed)
+    link = leaky_relu if dynamics == "leaky_relu" else (lambda a: a)
 
     base = _lag_matrices(rng, d, lags, density)
     flat = rng.choice(d * d, size=n_chg, replace=False)
@@ -372,12 +388,12 @@ def tdrl_changing(
     z[:, :lags] = rng.normal(size=(u.size, lags, d))
     for t in range(lags, steps):
         drive = np.einsum("nli,nlij->nj", z[:, t - lags:t][:, ::-1], trans[u])
-        z[:, t] = leaky_relu(drive) + rng.normal(size=(u.size, d)) * noise
+        z[:, t] = link(drive) + rng.normal(size=(u.size, d)) * noise
     x = apply_mlp(z, mixing)
     f32 = np.float32
     return TemporalData(
         x=x.astype(f32), u=u, z=z.astype(f32), graph=(trans != 0).any(axis=0),
         transition=trans.astype(f32), noise_scale=sigma.astype(f32), n_lags=lags,
         name="tdrl_changing", seed=seed, mixing=mixing,
-        info={"changing": np.stack([rows, cols], axis=1)},
+        info={"changing": np.stack([rows, cols], axis=1), "dynamics": dynamics},
     )
