@@ -74,7 +74,7 @@ def test_monotone_maps_are_strictly_monotone(m, data):
 def test_transform_and_strategy_errors():
     with pytest.raises(CausalZooError, match="kind='rotation'"):
         equivalence_transforms(3, kind="rotation")
-    with pytest.raises(CausalZooError, match="n_latent=0"):
+    with pytest.raises(CausalZooError, match="n_latent must be a positive integer; got 0"):
         equivalence_transforms(0)
     t = LatentTransform("scaling", (0, 1), maps=(ComponentMap("affine", 1.0),) * 2)
     with pytest.raises(CausalZooError, match=r"\(n, 2\)"):
