@@ -44,3 +44,15 @@ __all__ = [
     "models",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    """``cz.testing`` on first use: the module needs ``hypothesis`` (an optional test
+    dependency), so ``import causalzoo`` does not load it, but ``import causalzoo as cz;
+    cz.testing.assert_recovers(...)`` works as the docs write it (and raises the module's
+    own ImportError, naming the install command, where hypothesis is missing)."""
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

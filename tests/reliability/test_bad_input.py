@@ -5,7 +5,6 @@ and is raised before the model compiles (checked with JAX's compile log)."""
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import shutil
@@ -249,8 +248,7 @@ def test_dynamical_scales_refuse_booleans(field):
       "n_hat must be an integer >= 2"),
      (lambda: cz.blocks.dag.power_series(np.zeros((2, 2)), order=1.0),
       "order must be a positive integer"),
-     (lambda: importlib.import_module("causalzoo.testing.strategies")
-      .equivalence_transforms(np.True_),
+     (lambda: cz.testing.strategies.equivalence_transforms(np.True_),
       "n_latent must be a positive integer")],
 )
 def test_sizes_refuse_booleans_and_floats(call, match):

@@ -97,3 +97,20 @@ def test_sparse_perturbation_configs_are_valid(config):
     data = cz.identifiability.generators.sparse_perturbation(**config)
     k = config["n_latent_invariant"] + config["n_latent_response"]
     assert data.z.shape[1] == k and data.x.shape[1] == config["n_genes"]
+
+
+def test_cz_testing_loads_on_first_use_not_on_import():
+    """``import causalzoo`` does not load the hypothesis-based ``causalzoo.testing``, but
+    ``cz.testing`` works without importing it by name, as the docs write it. Run in a
+    fresh interpreter: in this one another test may have imported it already."""
+    import subprocess
+    import sys
+
+    code = ("import sys, causalzoo as cz\n"
+            "assert 'causalzoo.testing' not in sys.modules\n"
+            "assert callable(cz.testing.assert_recovers)\n"
+            "assert 'causalzoo.testing' in sys.modules\n"
+            "try:\n    cz.no_such_module\nexcept AttributeError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert "has no attribute 'no_such_module'" in out.stdout
