@@ -6,15 +6,9 @@ from typing import Any
 
 import numpy as np
 
-from ..._errors import CausalZooError
+from ..._errors import CausalZooError, check_int
 
-__all__ = ["check_float", "check_int"]
-
-
-def check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise CausalZooError(f"{name}={value!r} must be an integer >= {minimum}.")
-    return int(value)
+__all__ = ["check_float", "check_int"]  # check_int: the package's one integer check
 
 
 def check_float(name: str, value: Any, low: float, high: float | None = None,
