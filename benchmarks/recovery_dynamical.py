@@ -41,8 +41,9 @@ the same standard deviation (non-Gaussian noise; the generators themselves draw 
 density of its lag graph (1.0: dense, as TDRL's own generator), ``--tdrl-dynamics linear``
 its transition without the leaky ReLU (a sparse VAR whose domains change lag-1 weights), and
 ``--weight-shift-scale`` lets the model's domains change the lag weights of their targets
-(``DynamicalConfig(weight_shift_scale=...)``). ``--generator caring`` draws CaRiNG's
-non-invertible process (``--encoder-context`` widens the encoder's window).
+(``DynamicalConfig(weight_shift_scale=...)``; ``--weight-shift-prior laplace`` or ``cauchy``
+gives each change a sparse prior, ``weight_shift_prior=...``). ``--generator caring`` draws
+CaRiNG's non-invertible process (``--encoder-context`` widens the encoder's window).
 ``--generator citris`` draws ``generators.citris_temporal`` (``--domains x --per-domain``
 sequences, ``2 * --latents`` features, one lagged parent each): its observed intervention
 targets reach the model as labels per step, the code of each step's intervention set
@@ -164,7 +165,8 @@ def _config(args) -> dict:
             "shift_scale": args.shift_scale, "noise_modulation": args.noise_modulation,
             "posterior": args.posterior, "observation_scale": args.observation_scale,
             "encoder_context": args.encoder_context,
-            "weight_shift_scale": args.weight_shift_scale}
+            "weight_shift_scale": args.weight_shift_scale,
+            "weight_shift_prior": args.weight_shift_prior}
 
 
 def domain_labels(data) -> tuple[np.ndarray, list[str]]:
@@ -583,6 +585,11 @@ def main(argv=None):
     parser.add_argument("--weight-shift-scale", type=float, default=None,
                         help="DynamicalConfig(weight_shift_scale=...): domains change the lag "
                         "weights of their targets (TDRL's changing dynamics; CITRIS)")
+    parser.add_argument("--weight-shift-prior", default="normal",
+                        choices=["normal", "laplace", "cauchy"],
+                        help="DynamicalConfig(weight_shift_prior=...): prior of each lag-weight "
+                        "change (laplace / cauchy: scale --weight-shift-scale, sparse per "
+                        "entry)")
     parser.add_argument("--n-changing", type=int, default=2,
                         help="TDRL generator: lag-1 entries whose weight changes per domain")
     parser.add_argument("--graph-density", type=float, default=0.3,
@@ -633,6 +640,9 @@ def main(argv=None):
     if args.staged and not args.snapshot:
         parser.error("--staged is a snapshot-mode option: use --snapshot")
     args.marginal_ll = args.marginal_ll or args.restart_criterion == "marginal_ll"
+    if args.weight_shift_prior != "normal" and args.weight_shift_scale is None:
+        parser.error("--weight-shift-prior is the prior of the lag-weight changes: use it "
+                     "with --weight-shift-scale")
     if args.tdrl_dynamics != "leaky_relu" and args.generator != "tdrl":
         parser.error("--tdrl-dynamics sets TDRL's transition: use it with --generator tdrl")
     if args.generator in ("citris", "caring") and (

@@ -61,7 +61,7 @@ CITRIS's per-step interventions).
 With ``weight_shift_scale`` set a domain also changes the linear lag weights of its targets
 (TDRL's changing causal dynamics)::
 
-    weight_shift_dilj ~ Normal(0, weight_shift_scale^2)
+    weight_shift_dilj ~ Normal(0, weight_shift_scale^2)   # or Laplace / Cauchy(0, scale)
     f_i^u(.) = f_i(.) + sum_{l, j} target_{u,i} G_l[i, j] weight_shift_{u,i,l,j} z_{t-l,j}
 
 References
@@ -117,6 +117,9 @@ NETWORK_NAMES = ("decoder", "encoder", "encoder_invariant", "transition")
 TRANSITIONS = ("mlp", "linear")
 NOISE_MODULATIONS = ("targets", "all")
 POSTERIORS = ("diagonal", "full")
+WEIGHT_SHIFT_PRIORS = ("normal", "laplace", "cauchy")
+_WEIGHT_SHIFT_DISTRIBUTIONS = {"normal": dist.Normal, "laplace": dist.Laplace,
+                                "cauchy": dist.Cauchy}
 
 
 def _is_number(value) -> bool:
@@ -179,6 +182,19 @@ class DynamicalConfig:
         target indicator and the lag graph, added to the linear lag weights (TDRL's
         changing causal dynamics). ``None`` (default) leaves the lag weights shared by all
         domains. Sequence mode only.
+    weight_shift_prior : {"normal", "laplace", "cauchy"}
+        Prior of each lag-weight change, entry by entry, with scale ``s =
+        weight_shift_scale``: ``"normal"`` (default), ``Normal(0, s^2)``, which does not
+        change when a domain's change is rotated among the latents; ``"laplace"``,
+        ``Laplace(0, s)`` (standard deviation ``s * sqrt(2)``), whose ``|w| / s`` penalty
+        prefers a change confined to a few entries to the same change spread over many;
+        or ``"cauchy"``, ``Cauchy(0, s)``, whose ``log(1 + w^2 / s^2)`` penalty grows
+        only logarithmically, so it nearly counts the entries much larger than ``s``
+        (sparser still). The sparse priors aim at identification by the sparsity of the
+        change when the dynamics are linear-Gaussian; measured on TDRL's linear draw they
+        do not make recovery robust (``docs/models/dynamical.md``, "A sparse prior on the
+        weight changes"). The guide's factor stays Gaussian; the ELBO's term for the
+        change is then a Monte Carlo estimate. Needs ``weight_shift_scale``.
     modulate_history : bool
         Let the domain's mean and log-scale shifts act on the first ``n_lags`` steps too
         (default: those steps are N(0, I), as in LEAP and TDRL).
@@ -224,6 +240,7 @@ class DynamicalConfig:
     log_scale_shift_scale: float = 1.0
     noise_modulation: str = "targets"
     weight_shift_scale: float | None = None
+    weight_shift_prior: str = "normal"
     modulate_history: bool = False
     posterior: str = "diagonal"
     observation_scale: float | None = None
@@ -250,6 +267,18 @@ class DynamicalConfig:
             raise CausalZooError(
                 f"weight_shift_scale must be a number > 0, or None to keep the lag weights "
                 f"shared by all domains; got {ws!r}."
+            )
+        if self.weight_shift_prior not in WEIGHT_SHIFT_PRIORS:
+            raise CausalZooError(
+                f"weight_shift_prior={self.weight_shift_prior!r}: use one of "
+                f"{list(WEIGHT_SHIFT_PRIORS)} (the prior of each lag-weight change: "
+                "'normal', or 'laplace' / 'cauchy' for changes confined to few entries)."
+            )
+        if self.weight_shift_prior != "normal" and ws is None:
+            raise CausalZooError(
+                f"weight_shift_prior={self.weight_shift_prior!r} is the prior of the domains' "
+                "lag-weight changes, which are off (weight_shift_scale=None): set "
+                "weight_shift_scale too, or leave weight_shift_prior='normal'."
             )
         if self.transition not in TRANSITIONS:
             raise CausalZooError(
@@ -496,7 +525,10 @@ def weight_shifts(n_domains: int, config: DynamicalConfig, lag_graph, target):
     """The domains' changes of the lag weights, ``(n_domains, k, L, k)`` indexed ``[domain,
     child, lag, parent]`` (declares the site ``"weight_shift"``; call inside a model), or
     ``None`` when ``config.weight_shift_scale`` is None. A change acts only on the domain's
-    targets and along edges of the lag graph.
+    targets and along edges of the lag graph. Each entry's prior is
+    ``Normal(0, weight_shift_scale^2)``, or ``Laplace(0, weight_shift_scale)`` /
+    ``Cauchy(0, weight_shift_scale)`` with ``config.weight_shift_prior`` ``"laplace"`` /
+    ``"cauchy"``.
 
     Examples
     --------
@@ -511,9 +543,10 @@ def weight_shifts(n_domains: int, config: DynamicalConfig, lag_graph, target):
         return None
     k, lags = config.n_latent, config.n_lags
     with numpyro.plate("latents", k, dim=-1), numpyro.plate("domains", n_domains, dim=-2):
+        prior = _WEIGHT_SHIFT_DISTRIBUTIONS[config.weight_shift_prior]
         change = numpyro.sample(
             "weight_shift",
-            dist.Normal(0.0, config.weight_shift_scale).expand([lags, k]).to_event(2),
+            prior(0.0, config.weight_shift_scale).expand([lags, k]).to_event(2),
         )
     return target[..., None, None] * change * lag_graph
 

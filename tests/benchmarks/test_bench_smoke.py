@@ -5,7 +5,8 @@ It checks that the harness still drives causalzoo's engine one compiled call per
 steps), writes its JSON and CSV, and says so when torch or scvi-tools is missing instead of failing.
 Also that ``benchmarks/recovery_dynamical.py --generator citris`` turns the observed
 intervention sets into labels per step and fits them, and that ``--tdrl-dynamics linear``
-reaches TDRL's generator and its Laplace re-simulation.
+reaches TDRL's generator and its Laplace re-simulation, and ``--weight-shift-prior``
+the model's configuration.
 """
 
 import argparse
@@ -212,3 +213,28 @@ def test_history_scale_reaches_the_model(recovery_dynamical, capsys):
         recovery_dynamical.main(toy)
     recovery_dynamical.main([*toy, "--prior", "flow"])
     assert "\ntrue | " in capsys.readouterr().out
+
+
+def test_weight_shift_prior_reaches_the_model(recovery_dynamical, capsys, monkeypatch):
+    """``--weight-shift-prior laplace`` builds the model with
+    ``DynamicalConfig(weight_shift_prior="laplace")`` and fits it (toy size, TDRL linear);
+    without ``--weight-shift-scale`` it is refused."""
+    built = []
+    original = recovery_dynamical.cz.DynamicalCausalVAE.from_arrays
+
+    def recording(*args, **kwargs):
+        model = original(*args, **kwargs)
+        built.append(model.config)
+        return model
+
+    monkeypatch.setattr(recovery_dynamical.cz.DynamicalCausalVAE, "from_arrays", recording)
+    toy = ["--generator", "tdrl", "--tdrl-dynamics", "linear", "--latents", "2",
+           "--domains", "2", "--per-domain", "6", "--n-steps", "4", "--lags", "1",
+           "--steps", "3", "--batch-size", "4", "--hidden", "8", "--no-control",
+           "--weight-shift-prior", "laplace"]
+    with pytest.raises(SystemExit):
+        recovery_dynamical.main(toy)
+    assert built == []
+    recovery_dynamical.main([*toy, "--weight-shift-scale", "0.2"])
+    assert "\ntrue | " in capsys.readouterr().out
+    assert [(c.weight_shift_prior, c.weight_shift_scale) for c in built] == [("laplace", 0.2)]
