@@ -3,6 +3,7 @@
 from . import dynamical, ivae, sparse_perturbation
 from ._spec import ModelSpec, get_model, list_models, register_model
 from .dynamical import DynamicalConfig, dynamical_guide, dynamical_model
+from .handlers import condition, do
 from .ivae import IVAEConfig, ivae_guide, ivae_model
 from .sparse_perturbation import (
     SparsePerturbationConfig,
@@ -76,6 +77,8 @@ __all__ = [
     "get_model",
     "list_models",
     "register_model",
+    "do",
+    "condition",
     "sparse_perturbation",
     "dynamical",
     "DynamicalConfig",
