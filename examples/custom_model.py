@@ -4,8 +4,8 @@ The zoo's sparse perturbation model is a plain NumPyro program configured by blo
 script swaps three of them in one argument each -- a Poisson likelihood, a horseshoe
 sparsity prior instead of Bernoulli masks, and a decoder network of our own (a Flax NNX
 module) -- fits the raw model/guide pair with causalzoo's SVI engine on a seeded
-ground-truth generator, and then intervenes on the fitted model with ``numpyro.handlers.do``
-to switch every perturbation's shift off.
+ground-truth generator, and then intervenes on the fitted model with ``cz.models.do``
+(NumPyro's ``do``, with site names checked) to switch every perturbation's shift off.
 
 Run::
 
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     kwargs = {"design": truth.u, "library_size": truth.x.sum(1), "n_genes": truth.x.shape[1]}
     observational = handlers.trace(handlers.seed(fitted, 1)).get_trace(**kwargs)
     intervened = handlers.trace(
-        handlers.seed(handlers.do(fitted, {"effect": effect_off}), 1)
+        handlers.seed(cz.models.do(fitted, {"effect": effect_off}), 1)
     ).get_trace(**kwargs)
     perturbed = truth.u.sum(1) > 0
     gap = {}
