@@ -160,8 +160,10 @@ class DynamicalConfig:
         With ``transition="linear"`` and ``prior="flow"``: let each variable's noise scale
         be a learned function of its masked history (the network ``"transition"``, one
         log-scale output, starting at 0), the mean staying a sparse linear VAR (a process
-        such as CaRiNG's, whose noise scale is proportional to the previous value). Default
-        False: a constant scale. ``transition="mlp"`` under the flow prior learns a
+        such as CaRiNG's, whose noise scale is proportional to the previous value; the
+        scale of variable ``i`` sees only its parents in the lag graph, so a dependence on
+        its own past needs the self-edge ``z_{t-1, i} -> z_{t, i}`` kept). Default False: a
+        constant scale. ``transition="mlp"`` under the flow prior learns a
         history-dependent scale already.
     edge_probability : float
         Prior probability of each lagged edge ``z_{t-l, j} -> z_{t, i}``.
