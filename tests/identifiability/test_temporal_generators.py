@@ -80,6 +80,15 @@ def test_invertible_mixings_have_full_rank_bounded_jacobians(name):
     assert check.details["median_condition"] <= limit * (1 + 1e-6)
 
 
+def test_caring_graph_has_the_self_edges_of_the_coupled_noise():
+    coupled, constant = caring(n_units=5, seed=0), caring(n_units=5, noise_coupled=False, seed=0)
+    cyclic = coupled.transition[0, 0] != 0
+    assert cyclic.sum() == 3 and not np.diag(cyclic).any()
+    # the coupled noise's scale is the variable's own previous value: a self-edge
+    assert np.all(coupled.graph[0] == (cyclic | np.eye(3, dtype=bool)))
+    assert np.all(constant.graph[0] == cyclic)
+
+
 def test_caring_mixing_is_not_injective_but_context_reveals_the_hidden_latent():
     data = caring(n_units=400, n_steps=6, noise_coupled=False, seed=0)
     check = check_injectivity(data, n_points=50)

@@ -65,8 +65,10 @@ def caring(
     Returns
     -------
     TemporalData
-        One domain (``u`` all 0); ``graph`` is the cyclic lag-1 graph;
-        ``info["n_mixed"] = p``.
+        One domain (``u`` all 0); ``graph`` is the cyclic lag-1 graph of ``transition``,
+        plus each variable's self-edge when ``noise_coupled`` (its noise scale is its own
+        previous value, so ``z_{t-1,i}`` is a parent of ``z_{t,i}``); ``info["n_mixed"] =
+        p``.
 
     Examples
     --------
@@ -100,9 +102,13 @@ def caring(
             eps *= z[:, t - 1]
         z[:, t] = z[:, t - 1] @ trans[0] + eps
     x = apply_mlp(z[..., :p], mixing)
+    graph = trans != 0
+    if noise_coupled:
+        # z_{t,i}'s noise scale is |z_{t-1,i}|: its own past is a parent too
+        graph[0, np.arange(d), np.arange(d)] = True
     f32 = np.float32
     return TemporalData(
-        x=x.astype(f32), u=np.zeros(n, dtype=np.int64), z=z.astype(f32), graph=trans != 0,
+        x=x.astype(f32), u=np.zeros(n, dtype=np.int64), z=z.astype(f32), graph=graph,
         transition=trans[None].astype(f32), noise_scale=np.full((1, d), noise, dtype=f32),
         n_lags=1, name="caring", seed=seed, mixing=mixing, info={"n_mixed": p},
     )
