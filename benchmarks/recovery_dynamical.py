@@ -98,7 +98,7 @@ from causalzoo.identifiability import (
     r2_kernel_ridge,
     r2_linear,
 )
-from causalzoo.models.dynamical import DynamicalConfig
+from causalzoo.models.dynamical import WEIGHT_SHIFT_PRIORS, DynamicalConfig
 
 
 def _leaky_relu(a, slope=0.2):
@@ -114,6 +114,7 @@ def with_noise(data, noise: str, seed: int):
     lags, u = data.n_lags, data.u
     sigma = data.noise_scale[u]  # (n, d)
     z = np.array(data.z, np.float64)
+    linear = data.info.get("dynamics") == "linear"  # tdrl_changing(dynamics="linear")
     for t in range(lags, z.shape[1]):
         eps = rng.laplace(0.0, 1.0 / np.sqrt(2.0), size=sigma.shape) * sigma
         if data.name == "leap_nonstationary":
@@ -122,7 +123,6 @@ def with_noise(data, noise: str, seed: int):
             z[:, t] = _leaky_relu(drive + eps)
         else:  # tdrl_changing, with its leaky-ReLU or linear transition
             drive = np.einsum("nli,nlij->nj", z[:, t - lags:t][:, ::-1], data.transition[u])
-            linear = data.info.get("dynamics") == "linear"
             z[:, t] = (drive if linear else _leaky_relu(drive)) + eps
     return dataclasses.replace(data, z=z.astype(np.float32),
                                x=data.observe(z).astype(np.float32))
@@ -586,7 +586,7 @@ def main(argv=None):
                         help="DynamicalConfig(weight_shift_scale=...): domains change the lag "
                         "weights of their targets (TDRL's changing dynamics; CITRIS)")
     parser.add_argument("--weight-shift-prior", default="normal",
-                        choices=["normal", "laplace", "cauchy"],
+                        choices=list(WEIGHT_SHIFT_PRIORS),
                         help="DynamicalConfig(weight_shift_prior=...): prior of each lag-weight "
                         "change (laplace / cauchy: scale --weight-shift-scale, sparse per "
                         "entry)")

@@ -117,9 +117,9 @@ NETWORK_NAMES = ("decoder", "encoder", "encoder_invariant", "transition")
 TRANSITIONS = ("mlp", "linear")
 NOISE_MODULATIONS = ("targets", "all")
 POSTERIORS = ("diagonal", "full")
-WEIGHT_SHIFT_PRIORS = ("normal", "laplace", "cauchy")
 _WEIGHT_SHIFT_DISTRIBUTIONS = {"normal": dist.Normal, "laplace": dist.Laplace,
                                 "cauchy": dist.Cauchy}
+WEIGHT_SHIFT_PRIORS = tuple(_WEIGHT_SHIFT_DISTRIBUTIONS)
 
 
 def _is_number(value) -> bool:

@@ -77,15 +77,16 @@ class _StrictMixin:
         run, name = self._runs[-1], msg.get("name")
         if name is None or msg["type"] in ("control_flow", "plate_stack"):
             return
-        run.types.setdefault(name, msg["type"])
-        if msg["type"] == "sample" and self.data is not None and name in self.data:
+        if msg["type"] != "sample":
+            run.types.setdefault(name, msg["type"])
+            return
+        # a sample site wins over an earlier site of another type with its name
+        run.types[name] = "sample"
+        if self.data is not None and name in self.data:
             if msg.get("_control_flow_done", False):
                 run.in_scan.add(name)
             elif msg.get("is_observed", False):
                 run.observed_before.add(name)
-        if msg["type"] == "sample" and run.types[name] != "sample":
-            # a sample site named like an earlier site of another type: record it as sample
-            run.types[name] = "sample"
 
     def _program_name(self) -> str:
         name = getattr(self.fn, "__name__", None)
