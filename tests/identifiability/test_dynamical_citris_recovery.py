@@ -8,14 +8,14 @@ model sees them as **labels per step**: step ``t`` of unit ``n`` carries the cod
 set of variables intervened on at that step (``sum_i 2^i u_{n,t,i}``, 8 codes), and a
 domain may change the lag weights of its targets (``weight_shift_scale=1.0``: an
 intervention that replaces a variable cuts it from its parents), besides its mean and
-noise scale. Best of 3 restarts by final loss (no ground truth used); Spearman MCC of all
-steps against the entangled floor:
+noise scale. One fit (fit seed 0) for the labels and one for the control, the same
+budget; Spearman MCC of all steps against the entangled floor:
 
 * with the true per-step labels, the MCC is at least the floor + 0.1;
 * the learned lag graph's SHD is below that of both trivial graphs (empty, full);
 * the stationary fit (one label for every step: the dynamics alone, the same model and
-  budget, one fit) scores at least 0.05 below the true labels and stays within the
-  floor + 0.1 on this draw.
+  budget) scores at least 0.05 below the true labels and stays within the floor + 0.1 on
+  this draw.
 
 Measured with ``python benchmarks/recovery_dynamical.py --generator citris --seed S
 --latents 3 --domains 1 --per-domain 600 --n-steps 10 --transition mlp --shift-scale 0.5
@@ -23,12 +23,14 @@ Measured with ``python benchmarks/recovery_dynamical.py --generator citris --see
 --log-scale-shift-rate global --steps 5000 --restarts 3 --control stationary``; table in
 docs/models/dynamical.md ("CITRIS's observed interventions"). Over generator seeds 0-4
 the kept fit scores 0.962 / 0.954 / 0.777 / 0.909 / 0.980 against floors 0.821 / 0.811 /
-0.801 / 0.811 / 0.824 (recovered on seeds 0, 1 and 4; seed 3 is 0.002 short of the line);
+0.801 / 0.811 / 0.824 (recovered on seeds 0, 1 and 4; seed 3 is 0.002 short of the line),
+and the first fit alone (fit seed 0) 0.962 / 0.937 / 0.789 / 0.909 / 0.980: recovered on
+the same three draws, so the restarts add nothing here and the test runs one fit;
 the stationary fit 0.728 / 0.820 / 0.672 / 0.688 / 0.900 (above the floor on seeds 1 and
 4, where the dynamics alone partly identify the latents; on seed 0 all three of its fits
 stay below the floor: 0.728 / 0.599 / 0.635). With the lag weights shared by
 all domains (no ``weight_shift_scale``) seed 0's first fit scores 0.820. This test runs
-generator seed 0 (0.962, stationary 0.728).
+generator seed 0, one fit each (0.962, the fit the three restarts keep; stationary 0.728).
 """
 
 from __future__ import annotations
@@ -57,15 +59,15 @@ def data():
     return seq, seq.x / seq.x.std(), codes
 
 
-def _fit(x, codes, restarts):
+def _fit(x, codes):
     model = cz.DynamicalCausalVAE.from_arrays(x=x, u=codes, **CONFIG)
-    return model.fit(**FIT, restarts=restarts)
+    return model.fit(**FIT)
 
 
 @pytest.fixture(scope="module")
 def true_labels(data):
     seq, x, codes = data
-    return recovery_report(_fit(x, codes, restarts=3), seq)
+    return recovery_report(_fit(x, codes), seq)
 
 
 def test_observed_interventions_per_step_recover_the_latents(true_labels):
@@ -75,7 +77,7 @@ def test_observed_interventions_per_step_recover_the_latents(true_labels):
 def test_the_learned_lag_graph_beats_both_trivial_graphs(true_labels):
     """The lag graph (edge probability > 0.5), relabelled by the latents' matching, is
     scored by SHD against the truth: 6 true edges of 9 (self-edges included), so the empty
-    graph scores 6 and the full graph 3; the kept fit measured 2 (all 6 edges found, 2
+    graph scores 6 and the full graph 3; the fit measured 2 (all 6 edges found, 2
     false ones)."""
     assert true_labels.graph is not None
     assert true_labels.graph_beats_trivial, true_labels.describe()
@@ -84,7 +86,7 @@ def test_the_learned_lag_graph_beats_both_trivial_graphs(true_labels):
 
 def test_without_the_interventions_the_fit_stays_near_the_floor(data, true_labels):
     seq, x, codes = data
-    stationary = recovery_report(_fit(x, np.zeros_like(codes), restarts=1), seq)
+    stationary = recovery_report(_fit(x, np.zeros_like(codes)), seq)
     assert stationary.score <= true_labels.score - 0.05, (
         f"stationary: {stationary.describe()}; true labels: {true_labels.describe()}"
     )
