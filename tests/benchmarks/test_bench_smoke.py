@@ -5,8 +5,8 @@ It checks that the harness still drives causalzoo's engine one compiled call per
 steps), writes its JSON and CSV, and says so when torch or scvi-tools is missing instead of failing.
 Also that ``benchmarks/recovery_dynamical.py --generator citris`` turns the observed
 intervention sets into labels per step and fits them, and that ``--tdrl-dynamics linear``
-reaches TDRL's generator and its Laplace re-simulation, and ``--weight-shift-prior``
-the model's configuration.
+reaches TDRL's generator and its Laplace re-simulation, ``--weight-shift-prior``
+the model's configuration, and ``--self-lags-only`` LEAP's generator.
 """
 
 import argparse
@@ -238,3 +238,22 @@ def test_weight_shift_prior_reaches_the_model(recovery_dynamical, capsys, monkey
     recovery_dynamical.main([*toy, "--weight-shift-scale", "0.2"])
     assert "\ntrue | " in capsys.readouterr().out
     assert [(c.weight_shift_prior, c.weight_shift_scale) for c in built] == [("laplace", 0.2)]
+
+
+def test_self_lags_only_reaches_the_leap_generator(recovery_dynamical, capsys, monkeypatch):
+    """``--self-lags-only`` draws ``leap_nonstationary(self_lags_only=True)`` (diagonal lag
+    matrices); refused for another generator (no fit)."""
+    from causalzoo.identifiability.generators import leap_nonstationary
+
+    seen = []
+    monkeypatch.setattr(recovery_dynamical, "run", lambda args, *a, **k: seen.append(
+        recovery_dynamical.make_data(args)) or {"labels": "true"})
+    recovery_dynamical.main(["--self-lags-only", "--no-control", "--latents", "3",
+                             "--domains", "2", "--per-domain", "5", "--seed", "4"])
+    assert "\ntrue" in capsys.readouterr().out
+    expected = leap_nonstationary(n_domains=2, n_per_domain=5, n_latent=3,
+                                  self_lags_only=True, seed=4)
+    np.testing.assert_array_equal(seen[0].x, expected.x)
+    assert not seen[0].graph[:, ~np.eye(3, dtype=bool)].any()
+    with pytest.raises(SystemExit):
+        recovery_dynamical.main(["--self-lags-only", "--generator", "tdrl"])

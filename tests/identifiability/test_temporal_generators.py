@@ -102,8 +102,10 @@ def test_caring_mixing_is_not_injective_but_context_reveals_the_hidden_latent():
     assert alone < 0.1 and window > 0.9
 
 
-def test_leap_noise_changes_across_domains_and_is_independent_of_history():
-    data = leap_nonstationary(n_domains=3, n_per_domain=3000, n_latent=3, n_steps=4, seed=5)
+@pytest.mark.parametrize("self_lags_only", [False, True])
+def test_leap_noise_changes_across_domains_and_is_independent_of_history(self_lags_only):
+    data = leap_nonstationary(n_domains=3, n_per_domain=3000, n_latent=3, n_steps=4, seed=5,
+                              self_lags_only=self_lags_only)
     z = data.z.astype(np.float64)
     b = data.transition[0].astype(np.float64)
     t = 3
@@ -117,6 +119,51 @@ def test_leap_noise_changes_across_domains_and_is_independent_of_history():
     assert np.abs(corr).max() < 0.06
     assert np.all(data.graph == (data.transition[0] != 0))
     assert data.graph[0].any(axis=0).all(), "every latent has a lag-1 parent"
+
+
+def test_leap_default_draw_is_unchanged():
+    """The values of a seeded default draw, recorded before ``self_lags_only`` existed: the
+    option must not move the default draw (recovery tests and docs tables rest on it)."""
+    data = leap_nonstationary(n_domains=3, n_per_domain=10, n_latent=4, seed=0)
+    np.testing.assert_allclose(data.x[0, -1], [-0.01242017, 0.07648581, -0.02320073,
+                                               0.02247846], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(data.z[0, -1], [0.05866246, -0.00663128, -0.00903215,
+                                               0.10195127], rtol=1e-5, atol=1e-7)
+    assert data.x.astype(np.float64).sum() == pytest.approx(11.568532456341018, rel=1e-5)
+    assert data.z.astype(np.float64).sum() == pytest.approx(20.719028848876405, rel=1e-5)
+    assert data.info["self_lags_only"] is False
+
+
+def test_leap_self_lags_only_gives_independent_latent_processes():
+    """Diagonal lag matrices: each latent's only lagged parent is its own past, so within a
+    domain the latents at any step are independent (the iVAE setting a snapshot keeps); the
+    default's cross-lag edges correlate them in some domains. Everything else is the
+    default draw of the same seed."""
+    kwargs = dict(n_domains=20, n_per_domain=2000, n_latent=3, noise_scale=1.0, seed=0)
+    default, diag = leap_nonstationary(**kwargs), leap_nonstationary(self_lags_only=True,
+                                                                       **kwargs)
+    eye = np.eye(3, dtype=bool)
+    assert diag.info["self_lags_only"] is True
+    assert np.all(diag.graph[:, ~eye] == 0) and np.all(diag.graph[0][eye])
+    np.testing.assert_array_equal(diag.graph, diag.transition[0] != 0)
+    assert (default.graph[:, ~eye]).any(), "the default draw has cross-lag edges"
+    norms = np.linalg.norm(diag.transition[0].astype(np.float64), ord=2, axis=(1, 2)).sum()
+    assert norms == pytest.approx(0.9, rel=1e-5)
+    for field in ("u", "noise_scale"):
+        np.testing.assert_array_equal(getattr(diag, field), getattr(default, field))
+    for a, b in zip(diag.mixing, default.mixing, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(diag.z[:, :2], default.z[:, :2])  # the same history
+
+    def largest_correlation(data, t):
+        """The largest |correlation| of two latents at step t within a domain."""
+        pairs = np.triu_indices(3, 1)
+        return max(np.abs(np.corrcoef(data.z[data.u == u, t].T)[pairs]).max()
+                   for u in range(20))
+
+    for t in (2, 5):  # 2000 units per domain: sampling noise alone gives about 0.06
+        assert largest_correlation(diag, t) < 0.1
+    assert largest_correlation(default, 5) > 0.3
 
 
 def test_tdrl_transitions_really_change_across_domains():
@@ -239,6 +286,7 @@ def test_floors_are_well_below_one_on_every_generator():
     [
         (lambda: leap_nonstationary(n_steps=2, n_lags=2), "n_steps"),
         (lambda: leap_nonstationary(graph_density=1.5), "graph_density"),
+        (lambda: leap_nonstationary(self_lags_only="yes"), "self_lags_only"),
         (lambda: tdrl_changing(n_latent=2, n_changing=5), "n_changing"),
         (lambda: tdrl_changing(dynamics="relu"), "dynamics"),
         (lambda: caring(n_latent=3, n_observed=3), "n_observed"),

@@ -169,12 +169,20 @@ def snapshot(data: TemporalData, *, seed: int = 0, min_step: int = 0) -> Tempora
                             source=data)
 
 
-def _lag_matrices(rng: np.random.Generator, d: int, n_lags: int, density: float) -> np.ndarray:
+def _lag_matrices(rng: np.random.Generator, d: int, n_lags: int, density: float,
+                  self_only: bool = False) -> np.ndarray:
     """Sparse lag weights ``±U(0.5, 1)``, every node with >= 1 parent at lag 1, then scaled
     so that the sum over lags of spectral norms is 0.9 (the leaky-ReLU transition, which is
-    1-Lipschitz, is then contractive and long sequences stay bounded)."""
+    1-Lipschitz, is then contractive and long sequences stay bounded).
+
+    ``self_only``: only the diagonal is kept (each node its own lag-1 parent, its own parent
+    at later lags with probability ``density``). The random draws are the same either way,
+    so the caller's later draws (noise, mixing) do not change with it."""
     mask = rng.random((n_lags, d, d)) < density
     mask[0, rng.integers(d, size=d), np.arange(d)] = True
+    if self_only:
+        mask &= np.eye(d, dtype=bool)
+        mask[0] = np.eye(d, dtype=bool)
     w = rng.uniform(0.5, 1.0, (n_lags, d, d)) * rng.choice([-1.0, 1.0], (n_lags, d, d)) * mask
     norms = np.linalg.norm(w, ord=2, axis=(1, 2)).sum()
     return w * (0.9 / norms)
@@ -190,6 +198,7 @@ def leap_nonstationary(
     graph_density: float = 0.3,
     noise_scale: float = 0.1,
     n_mixing_layers: int = 2,
+    self_lags_only: bool = False,
     seed: int = 0,
 ) -> TemporalData:
     """LEAP's non-stationary-noise process (``nonlinear_gau_cins``), seeded.
@@ -198,7 +207,8 @@ def leap_nonstationary(
 
     1. lag matrices ``B_l`` (shared by all domains): sparse (each entry non-zero with
        probability ``graph_density``, every node has a lag-1 parent), entries ``±U(.5, 1)``,
-       scaled so that ``sum_l ||B_l||_2 = 0.9``;
+       scaled so that ``sum_l ||B_l||_2 = 0.9`` (``self_lags_only=True``: diagonal
+       ``B_l``, each latent's only lagged parent is its own past);
     2. per domain ``u`` and dimension ``i`` a noise modulation ``m_{u,i} ~ U(0, 1)``; noise
        ``eps_{t,i} ~ N(0, (noise_scale * m_{u,i})^2)``: the noise distribution changes with
        the domain, which is the source of identifiability;
@@ -230,12 +240,24 @@ def leap_nonstationary(
     graph_density : float in [0, 1]
     noise_scale : float > 0
     n_mixing_layers : int
+    self_lags_only : bool
+        Keep only the diagonal of every ``B_l``: latent ``i``'s lagged parents are its own
+        past (at lag 1 always, at later lags with probability ``graph_density``), so the
+        latents are independent processes given the domain and, at any step, independent
+        given (domain, step). That is the iVAE setting with (domain, step) as the auxiliary
+        variable, which a snapshot (each unit seen at one step) keeps; cross-lag edges
+        (the default) break it, weakly at ``noise_scale=1.0``. Measured, it does not make
+        snapshot mode recover (``docs/models/dynamical.md``, "Snapshot recovery,
+        measured"). The random draws are the same as without it, so modulation, mixing,
+        history and noise are those of the default draw with the same seed; ``graph`` is
+        the diagonal graph.
     seed : int
 
     Returns
     -------
     TemporalData
-        ``u`` is the domain of each sequence; ``info["modulation"]`` is ``m`` (domains x d).
+        ``u`` is the domain of each sequence; ``info["modulation"]`` is ``m`` (domains x d);
+        ``info["self_lags_only"]`` the option.
 
     Examples
     --------
@@ -251,10 +273,15 @@ def leap_nonstationary(
     density = _check_float("graph_density", graph_density, 0.0, 1.0)
     noise = _check_float("noise_scale", noise_scale, 0.0, low_open=True)
     layers = _check_int("n_mixing_layers", n_mixing_layers, 1)
+    if not isinstance(self_lags_only, (bool, np.bool_)):
+        raise CausalZooError(
+            f"self_lags_only={self_lags_only!r} must be True or False (diagonal lag matrices "
+            "or LEAP's sparse ones)."
+        )
     seed = _check_int("seed", seed, 0)
     rng = np.random.default_rng(seed)
 
-    b = _lag_matrices(rng, d, lags, density)
+    b = _lag_matrices(rng, d, lags, density, self_only=bool(self_lags_only))
     modulation = rng.uniform(0.0, 1.0, (n_dom, d))
     sigma = noise * modulation
     mixing = invertible_mlp(rng, d, layers)
@@ -271,7 +298,8 @@ def leap_nonstationary(
         x=x.astype(f32), u=u, z=z.astype(f32), graph=b != 0,
         transition=np.broadcast_to(b, (n_dom, *b.shape)).astype(f32),
         noise_scale=sigma.astype(f32), n_lags=lags, name="leap_nonstationary", seed=seed,
-        mixing=mixing, info={"modulation": modulation.astype(f32)},
+        mixing=mixing, info={"modulation": modulation.astype(f32),
+                             "self_lags_only": bool(self_lags_only)},
     )
 
 
