@@ -137,8 +137,7 @@ def make_data(args):
         return cz.identifiability.generators.caring(
             n_units=args.domains * args.per_domain, n_steps=args.n_steps,
             n_latent=args.latents, noise_scale=args.noise_scale,
-            # getattr: namespaces built by hand (tests) predate the flag
-            noise_coupled=not getattr(args, "caring_constant_noise", False), seed=args.seed,
+            noise_coupled=not args.caring_constant_noise, seed=args.seed,
         )
     if args.generator == "citris":
         return cz.identifiability.generators.citris_temporal(

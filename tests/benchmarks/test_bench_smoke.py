@@ -6,7 +6,8 @@ steps), writes its JSON and CSV, and says so when torch or scvi-tools is missing
 Also that ``benchmarks/recovery_dynamical.py --generator citris`` turns the observed
 intervention sets into labels per step and fits them, and that ``--tdrl-dynamics linear``
 reaches TDRL's generator and its Laplace re-simulation, ``--weight-shift-prior``
-the model's configuration, and ``--self-lags-only`` LEAP's generator.
+the model's configuration, ``--self-lags-only`` LEAP's generator and
+``--caring-constant-noise`` CaRiNG's.
 """
 
 import argparse
@@ -257,3 +258,25 @@ def test_self_lags_only_reaches_the_leap_generator(recovery_dynamical, capsys, m
     assert not seen[0].graph[:, ~np.eye(3, dtype=bool)].any()
     with pytest.raises(SystemExit):
         recovery_dynamical.main(["--self-lags-only", "--generator", "tdrl"])
+
+
+def test_caring_constant_noise_reaches_the_caring_generator(recovery_dynamical, capsys,
+                                                            monkeypatch):
+    """``--caring-constant-noise`` draws ``caring(noise_coupled=False)``, the paired
+    non-identifiable control of CaRiNG's coupled noise; refused for another generator."""
+    from causalzoo.identifiability.generators import caring
+
+    seen = []
+    monkeypatch.setattr(recovery_dynamical, "run", lambda args, *a, **k: seen.append(
+        recovery_dynamical.make_data(args)) or {"labels": "true"})
+    common = ["--generator", "caring", "--no-control", "--latents", "3", "--domains", "1",
+              "--per-domain", "6", "--n-steps", "5", "--seed", "2"]
+    recovery_dynamical.main([*common, "--caring-constant-noise"])
+    recovery_dynamical.main(common)
+    assert "\ntrue" in capsys.readouterr().out
+    for data, coupled in zip(seen, (False, True), strict=True):
+        expected = caring(n_units=6, n_steps=5, n_latent=3, noise_coupled=coupled, seed=2)
+        np.testing.assert_array_equal(data.x, expected.x)
+    assert not np.array_equal(seen[0].x, seen[1].x)
+    with pytest.raises(SystemExit):
+        recovery_dynamical.main(["--caring-constant-noise"])
