@@ -241,14 +241,21 @@ def test_weight_shift_prior_reaches_the_model(recovery_dynamical, capsys, monkey
     assert [(c.weight_shift_prior, c.weight_shift_scale) for c in built] == [("laplace", 0.2)]
 
 
+def _record_drawn_data(recovery_dynamical, monkeypatch) -> list:
+    """Replace the benchmark's fit by a stub that records the generator draw it was given
+    (``make_data(args)``), so a flag's path to the generator is checked without a fit."""
+    seen = []
+    monkeypatch.setattr(recovery_dynamical, "run", lambda args, *a, **k: seen.append(
+        recovery_dynamical.make_data(args)) or {"labels": "true"})
+    return seen
+
+
 def test_self_lags_only_reaches_the_leap_generator(recovery_dynamical, capsys, monkeypatch):
     """``--self-lags-only`` draws ``leap_nonstationary(self_lags_only=True)`` (diagonal lag
     matrices); refused for another generator (no fit)."""
     from causalzoo.identifiability.generators import leap_nonstationary
 
-    seen = []
-    monkeypatch.setattr(recovery_dynamical, "run", lambda args, *a, **k: seen.append(
-        recovery_dynamical.make_data(args)) or {"labels": "true"})
+    seen = _record_drawn_data(recovery_dynamical, monkeypatch)
     recovery_dynamical.main(["--self-lags-only", "--no-control", "--latents", "3",
                              "--domains", "2", "--per-domain", "5", "--seed", "4"])
     assert "\ntrue" in capsys.readouterr().out
@@ -266,9 +273,7 @@ def test_caring_constant_noise_reaches_the_caring_generator(recovery_dynamical, 
     non-identifiable control of CaRiNG's coupled noise; refused for another generator."""
     from causalzoo.identifiability.generators import caring
 
-    seen = []
-    monkeypatch.setattr(recovery_dynamical, "run", lambda args, *a, **k: seen.append(
-        recovery_dynamical.make_data(args)) or {"labels": "true"})
+    seen = _record_drawn_data(recovery_dynamical, monkeypatch)
     common = ["--generator", "caring", "--no-control", "--latents", "3", "--domains", "1",
               "--per-domain", "6", "--n-steps", "5", "--seed", "2"]
     recovery_dynamical.main([*common, "--caring-constant-noise"])
