@@ -1,9 +1,9 @@
-"""The one exception class for problems with the user's input, and the integer check that
-every entry point shares."""
+"""The one exception class for problems with the user's input, and the integer and boolean
+checks that every entry point shares."""
 
 import numpy as np
 
-__all__ = ["CausalZooError", "check_int"]
+__all__ = ["CausalZooError", "check_bool", "check_int"]
 
 
 class CausalZooError(ValueError):
@@ -32,3 +32,22 @@ def check_int(name: str, value, minimum: int = 1, *, meaning: str = "") -> int:
         what = f" ({meaning})" if meaning else ""
         raise CausalZooError(f"{name} must be {rule}{what}; got {value!r}.")
     return int(value)
+
+
+def check_bool(name: str, value, *, meaning: str = "") -> bool:
+    """``value`` as a ``bool``, or a :class:`CausalZooError` naming ``name`` (and, when
+    given, what it means) if it is not ``True`` or ``False`` (a NumPy boolean counts).
+    Integers and strings are refused, not coerced: ``1`` or ``"yes"`` for a flag is more
+    often a misplaced argument than a choice.
+
+    >>> check_bool("resume", False)
+    False
+    >>> check_bool("prefetch", 1)
+    Traceback (most recent call last):
+    ...
+    causalzoo._errors.CausalZooError: prefetch must be True or False; got 1.
+    """
+    if not isinstance(value, (bool, np.bool_)):
+        what = f" ({meaning})" if meaning else ""
+        raise CausalZooError(f"{name} must be True or False{what}; got {value!r}.")
+    return bool(value)

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse as sp
 
-from .._errors import CausalZooError, check_int
+from .._errors import CausalZooError, check_bool, check_int
 
 if TYPE_CHECKING:
     import anndata
@@ -170,8 +170,7 @@ class CellSource:
                 "cells."
             )
         check_int("block_cells", block_cells)
-        if not isinstance(prefetch, bool):
-            raise CausalZooError(f"prefetch must be True or False; got {prefetch!r}.")
+        prefetch = check_bool("prefetch", prefetch)
         self.matrix = matrix
         self.resident = resident
         self.x_key = x_key

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from .._errors import CausalZooError
+from .._errors import CausalZooError, check_bool
 
 __all__ = [
     "check_control_present",
@@ -96,8 +96,7 @@ def check_setup_arguments(
             f"{perturbation_key!r}; list each covariate column once and keep the perturbation "
             "column out of it."
         )
-    if not isinstance(count_data, bool | np.bool_):
-        raise CausalZooError(f"count_data={count_data!r} must be True or False.")
+    check_bool("count_data", count_data)
     return keys
 
 

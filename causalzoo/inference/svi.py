@@ -52,7 +52,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from numpyro.infer import SVI, Trace_ELBO
 from tqdm.auto import tqdm
 
-from .._errors import CausalZooError, check_int
+from .._errors import CausalZooError, check_bool, check_int
 from . import checkpoint as _ckpt
 from ._recovery import _params_finite, _recover, _replay
 from ._state import (
@@ -265,8 +265,7 @@ _ON_NONFINITE = ("stop", "backoff")
 def _validate_reliability(checkpoint_dir, checkpoint_every, resume, on_nonfinite,
                           checkpoint_meta):
     check_int("checkpoint_every", checkpoint_every, meaning="a number of steps")
-    if not isinstance(resume, bool):
-        raise CausalZooError(f"resume must be True or False; got {resume!r}.")
+    check_bool("resume", resume)
     if resume and checkpoint_dir is None:
         raise CausalZooError(
             "resume=True needs checkpoint_dir=<the directory of the interrupted fit>."

@@ -87,7 +87,7 @@ import numpyro
 import numpyro.distributions as dist
 from numpyro import handlers
 
-from .._errors import CausalZooError, check_int
+from .._errors import CausalZooError, check_bool, check_int
 from ..blocks.likelihoods import Likelihood, get_likelihood
 from ..blocks.nn import attach, default_factory, scale_tril
 from ..blocks.priors import StraightThroughBernoulli
@@ -321,10 +321,7 @@ class DynamicalConfig:
                 f"flow_base={self.flow_base!r}: use one of {list(FLOW_BASES)} (the base "
                 "distribution of the flow prior's noise)."
             )
-        if not isinstance(self.history_scale, bool):
-            raise CausalZooError(
-                f"history_scale must be True or False; got {self.history_scale!r}."
-            )
+        object.__setattr__(self, "history_scale", check_bool("history_scale", self.history_scale))
         if self.history_scale and (self.prior != "flow" or self.transition != "linear"):
             raise CausalZooError(
                 "history_scale=True needs transition='linear' and prior='flow' (a linear "

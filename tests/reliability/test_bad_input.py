@@ -194,6 +194,7 @@ def test_gene_set_differs_at_predict_and_load(fitted, tmp_path):
         (dict(checkpoint_every=0), "checkpoint_every"),
         (dict(on_nonfinite="ignore"), "on_nonfinite"),
         (dict(resume=True), "checkpoint_dir"),
+        (dict(resume=1), "resume must be True or False; got 1"),
         (dict(seed="zero"), "seed"),
     ],
 )
@@ -349,3 +350,33 @@ def test_every_sparse_format_and_dtype_is_accepted(dtype):
         arrays = extract_arrays(adata, setup_anndata(adata))
         np.testing.assert_array_equal(arrays["x"], ref["x"])
         np.testing.assert_array_equal(arrays["library_size"], ref["library_size"])
+
+
+def test_check_bool_refuses_what_is_not_true_or_false():
+    from causalzoo._errors import check_bool
+
+    assert check_bool("flag", True) is True
+    out = check_bool("flag", np.bool_(False))
+    assert out is False and type(out) is bool  # a NumPy boolean comes back as a bool
+    for bad in (1, 0, "yes", None, 1.0):
+        with pytest.raises(CausalZooError, match=rf"flag must be True or False; got {bad!r}"):
+            check_bool("flag", bad)
+    with pytest.raises(CausalZooError, match=r"flag must be True or False \(what it is\)"):
+        check_bool("flag", 1, meaning="what it is")
+
+
+@pytest.mark.parametrize(
+    "call,name",
+    [
+        (lambda: setup(make_adata(), count_data="yes"), "count_data"),
+        (lambda: cz.data.streaming.CellSource(np.zeros((4, 3)), prefetch=1), "prefetch"),
+        (lambda: cz.identifiability.generators.leap_nonstationary(self_lags_only=1),
+         "self_lags_only"),
+        (lambda: cz.models.dynamical.DynamicalConfig(transition="linear", prior="flow",
+                                                history_scale="no"),
+         "history_scale"),
+    ],
+)
+def test_flags_share_one_check(call, name):
+    with pytest.raises(CausalZooError, match=rf"{name} must be True or False"):
+        call()

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..._errors import CausalZooError
+from ..._errors import CausalZooError, check_bool
 from ._checks import check_float as _check_float
 from ._checks import check_int as _check_int
 
@@ -273,11 +273,8 @@ def leap_nonstationary(
     density = _check_float("graph_density", graph_density, 0.0, 1.0)
     noise = _check_float("noise_scale", noise_scale, 0.0, low_open=True)
     layers = _check_int("n_mixing_layers", n_mixing_layers, 1)
-    if not isinstance(self_lags_only, (bool, np.bool_)):
-        raise CausalZooError(
-            f"self_lags_only={self_lags_only!r} must be True or False (diagonal lag matrices "
-            "or LEAP's sparse ones)."
-        )
+    self_lags_only = check_bool("self_lags_only", self_lags_only,
+                                meaning="diagonal lag matrices or LEAP's sparse ones")
     seed = _check_int("seed", seed, 0)
     rng = np.random.default_rng(seed)
 
