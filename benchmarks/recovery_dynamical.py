@@ -71,8 +71,9 @@ marginal_ll`` marks the fit with the highest one kept, as ``fit(restarts=R,
 restart_criterion="marginal_ll")`` does.
 ``--oracle`` fits only the model's transition prior to the true latents and to
 random rotations of them, with true and shuffled labels (does the prior family prefer the
-truth, and do the domains help?). Measured diagnosis: ``docs/models/dynamical.md``, "Why
-recovery fails on seeds 1 and 2" and "Second investigation".
+truth, and do the domains help?). Measured diagnosis:
+``docs/models/dynamical_measurements.md``, "Why recovery fails on seeds 1 and 2" and "Second
+investigation".
 
 Run: ``python benchmarks/recovery_dynamical.py --latents 3 --domains 20 --per-domain 150
 --steps 3000 --seed 0`` (the size of ``tests/identifiability/test_dynamical_recovery.py``),

@@ -194,8 +194,8 @@ class DynamicalConfig:
         only logarithmically, so it nearly counts the entries much larger than ``s``
         (sparser still). The sparse priors aim at identification by the sparsity of the
         change when the dynamics are linear-Gaussian; measured on TDRL's linear draw they
-        do not make recovery robust (``docs/models/dynamical.md``, "A sparse prior on the
-        weight changes"). The guide's factor stays Gaussian; the ELBO's term for the
+        do not make recovery robust (``docs/models/dynamical_measurements.md``, "A sparse
+        prior on the weight changes"). The guide's factor stays Gaussian; the ELBO's term for the
         change is then a Monte Carlo estimate. Needs ``weight_shift_scale``.
     modulate_history : bool
         Let the domain's mean and log-scale shifts act on the first ``n_lags`` steps too

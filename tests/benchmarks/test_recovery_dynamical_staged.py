@@ -2,7 +2,7 @@
 (``staged_init``) really hands the iVAE's networks to the snapshot model: the decoder is
 the iVAE's, and the snapshot encoder, which reads the expression only, gives the iVAE's
 posterior means, which read the (domain, step) segment too. The measured outcome (no
-recovery) is in ``docs/models/dynamical.md``; this guards the tool that measured it."""
+recovery) is in ``docs/models/dynamical_measurements.md``; this guards the tool that measured it."""
 
 from __future__ import annotations
 

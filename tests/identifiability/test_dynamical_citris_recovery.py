@@ -21,7 +21,7 @@ Measured with ``python benchmarks/recovery_dynamical.py --generator citris --see
 --latents 3 --domains 1 --per-domain 600 --n-steps 10 --transition mlp --shift-scale 0.5
 --weight-shift-scale 1.0 --posterior full --observation-scale 0.1
 --log-scale-shift-rate global --steps 5000 --restarts 3 --control stationary``; table in
-docs/models/dynamical.md ("CITRIS's observed interventions"). Over generator seeds 0-4
+docs/models/dynamical_measurements.md ("CITRIS's observed interventions"). Over generator seeds 0-4
 the kept fit scores 0.962 / 0.954 / 0.777 / 0.909 / 0.980 against floors 0.821 / 0.811 /
 0.801 / 0.811 / 0.824 (recovered on seeds 0, 1 and 4; seed 3 is 0.002 short of the line),
 and the first fit alone (fit seed 0) 0.962 / 0.937 / 0.789 / 0.909 / 0.980: recovered on

@@ -336,7 +336,7 @@ def tdrl_changing(
     here the noise is additive with one scale everywhere, so a rotation of the latents keeps
     the noise law and the basis is singled out by the sparse change of the dynamics across
     domains (and, in practice, by the nonlinearity of the shared dynamics:
-    ``docs/models/dynamical.md``, "TDRL's changing dynamics").
+    ``docs/models/dynamical_measurements.md``, "TDRL's changing dynamics").
 
     Assumptions it satisfies (TDRL, Yao et al. 2022): invertible mixing, conditionally
     independent transitions given the history and the domain, time-delayed influences
@@ -361,7 +361,7 @@ def tdrl_changing(
         entries, history, noise and mixing are identical). With linear dynamics the law of
         the latents is unchanged by a rotation of them, so only the sparsity of the change
         (and of the lag graph) tells the true basis from a rotated one; measured in
-        ``docs/models/dynamical.md``, "TDRL's changing dynamics".
+        ``docs/models/dynamical_measurements.md``, "TDRL's changing dynamics".
     seed : int
 
     Returns
