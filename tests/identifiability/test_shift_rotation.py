@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from causalzoo import CausalZooError
@@ -38,13 +38,22 @@ def mixed(z, seed):
             return z @ a + rng.normal(size=z.shape[1]) * 3
 
 
-@settings(deadline=None)  # 9 descents of a 3x3 rotation: ~0.3 s a call
+@settings(deadline=None)  # 2 x 9 descents of a 3x3 rotation: ~0.6 s a call
 @given(seed=st.integers(0, 10_000))
+@example(seed=464).via("the first counterexample to the earlier bound of 0.99")
+@example(seed=9176).via("the lowest score of 301 random seeds, 0.9826")
 def test_undoes_any_linear_mixing_of_sparse_shift_latents(seed):
+    """The mixing is undone: the answer from the mixed latents is the answer from the
+    unmixed ones, and it is close to a signed permutation of the truth. How close is capped
+    by the whitening on 150 control cells, not by the mixing: over 301 random seeds the
+    score was at least 0.9826 (below 0.99 on 5, e.g. seed 464: 0.98966 from the mixed and
+    from the unmixed latents alike), and the two answers differed by at most 7e-4."""
     z, labels = sparse_latents(seed)
     z_hat = mixed(z, seed)
-    rot = sparse_shift_rotation(z_hat, labels, "ctrl", n_starts=8)
-    assert mcc(z, rot.transform(z_hat)) > 0.99
+    score = mcc(z, sparse_shift_rotation(z_hat, labels, "ctrl", n_starts=8).transform(z_hat))
+    unmixed = mcc(z, sparse_shift_rotation(z, labels, "ctrl", n_starts=8).transform(z))
+    assert abs(score - unmixed) < 2e-3, (score, unmixed)
+    assert score > 0.98
 
 
 def test_unequal_noise_scales_and_the_raw_mixing_scores_lower():
