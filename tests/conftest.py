@@ -40,6 +40,12 @@ if _where.lower() != "off":
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
+# Load the hypothesis profile named by CAUSALZOO_HYPOTHESIS_PROFILE (run.sh sets "ci":
+# derandomised, 20 examples) before any test module is imported. A test's own
+# ``@settings(...)`` copies the defaults in force when its module is imported, so a module
+# imported before the first ``import causalzoo.testing`` ran with hypothesis's defaults
+# (100 random examples), depending on which modules a worker collected first.
+import causalzoo.testing  # noqa: E402, F401
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
