@@ -61,8 +61,8 @@ lets every domain change every latent's noise scale (LEAP's noise model),
 ``--noise-scale`` sets the generator's noise level, ``--self-lags-only`` makes LEAP's lag
 matrices diagonal (``leap_nonstationary(self_lags_only=True)``: the latents are independent
 processes given the domain, the iVAE setting a snapshot keeps; it did not make snapshot mode
-recover, ``docs/models/dynamical.md``), and ``--control stationary`` fits the control with
-one domain for all units instead of shuffled labels. ``--restarts R`` runs
+recover, ``docs/models/dynamical_measurements.md``), and ``--control stationary`` fits the
+control with one domain for all units instead of shuffled labels. ``--restarts R`` runs
 the R fits that ``fit(restarts=R)`` compares (fit seeds ``--fit-seed`` onwards), one row
 each with its final loss, and marks the one it keeps (lowest final loss): does ranking by
 the ELBO pick the fit that recovers?
@@ -364,16 +364,16 @@ def run_snapshot(args, labels: str = "snapshot", fit_seed: int | None = None) ->
 
 
 def staged_init(model, *, seed: int, steps: int, batch_size: int, learning_rate: float):
-    """``--staged``: the first stage of a staged snapshot fit (not a package option: it did
-    not recover, ``docs/models/dynamical.md``). An iVAE (``prior_mean=False``) whose segment
-    is the cell's (domain, step) pair, with the snapshot model's networks, guide covariance
-    and observation noise (``steps`` SVI steps, Adam at ``learning_rate`` on a cosine decay,
-    as ``cz.IVAE.fit``); its decoder is copied, and its encoder, which reads the one-hot
-    segment too, is transferred to the snapshot encoder (expression only): the first
-    layer's segment columns averaged into its bias, then 2,000 Adam steps (1e-3, 1,024
-    cells) of squared error to the iVAE's posterior mean and Cholesky factor. Returns the
-    ``encoder$params`` / ``decoder$params`` the snapshot fit starts from, and the iVAE's
-    final loss, parameters, configuration and one-hot segments."""
+    """``--staged``: the first stage of a staged snapshot fit (not a package option: it did not
+    recover, ``docs/models/dynamical_measurements.md``). An iVAE (``prior_mean=False``) whose
+    segment is the cell's (domain, step) pair, with the snapshot model's networks, guide
+    covariance and observation noise (``steps`` SVI steps, Adam at ``learning_rate`` on a cosine
+    decay, as ``cz.IVAE.fit``); its decoder is copied, and its encoder, which reads the one-hot
+    segment too, is transferred to the snapshot encoder (expression only): the first layer's
+    segment columns averaged into its bias, then 2,000 Adam steps (1e-3, 1,024 cells) of squared
+    error to the iVAE's posterior mean and Cholesky factor. Returns the ``encoder$params`` /
+    ``decoder$params`` the snapshot fit starts from, and the iVAE's final loss, parameters,
+    configuration and one-hot segments."""
     import optax
     from numpyro import handlers
     from numpyro.infer import TraceMeanField_ELBO

@@ -81,8 +81,8 @@ def _encode_labels(u: np.ndarray, names: Sequence[str] | None):
 # (meant for gene-wise dispersions and noise scales), which also catches the guide's log
 # noise-scale shift factors ("log_scale_shift_loc", "log_scale_shift_log_scale"): by default
 # they move ten times slower than the mean shifts. fit(log_scale_shift_rate="global") puts
-# them with the other global factors (measured in docs/models/dynamical.md: better on the
-# LEAP generator, worse on the myoblast example, so it is not the default).
+# them with the other global factors (measured in docs/models/dynamical_measurements.md:
+# better on the LEAP generator, worse on the myoblast example, so it is not the default).
 DOMAIN_SCALE_PARAMS = frozenset({"log_scale_shift_loc", "log_scale_shift_log_scale"})
 LOG_SCALE_SHIFT_RATES = ("network", "global")
 
@@ -299,7 +299,7 @@ class DynamicalCausalVAE(FittedState):
         ``log_``, which :func:`causalzoo.inference.two_speed_adam` gives the network rate);
         ``log_scale_shift_rate="global"`` gives them ``global_learning_rate`` (better latent
         recovery on the LEAP generator, a worse fit of the myoblast example; measured in
-        ``docs/models/dynamical.md``).
+        ``docs/models/dynamical_measurements.md``).
         ``schedule="constant"`` (default) keeps both rates fixed; ``"cosine"`` decays both to
         3 % of their value over ``max_steps`` (as :meth:`causalzoo.IVAE.fit`; it did not
         improve latent recovery on LEAP generator seed 1, see ``docs/models/dynamical.md``).
@@ -319,7 +319,7 @@ class DynamicalCausalVAE(FittedState):
         ``restart_criterion="marginal_ll"`` ranks the fits by :meth:`get_marginal_ll`
         (highest; ``fit_info["restart_marginal_lls"]``) instead of the final loss: the
         ELBO also rewards a fit for how well its per-step guide fits its own posterior,
-        which can rank an entangled fit first (``docs/models/dynamical.md``).
+        which can rank an entangled fit first (``docs/models/dynamical_measurements.md``).
         """
         check_restart_criterion(restart_criterion)
         if isinstance(restarts, bool) or restarts != 1:

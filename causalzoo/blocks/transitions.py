@@ -320,7 +320,7 @@ class _LaggedPath(dist.Distribution):
         lag-weight change, ``(..., T - L, k)``."""
         # This computes the path's windows again, as the callers do: XLA fuses the graph as
         # written, and computing them once changes float32 rounding enough to move the
-        # recorded fits (docs/models/dynamical.md), so the graph is kept as measured.
+        # recorded fits (docs/models/dynamical_measurements.md), so the graph is kept as measured.
         shift = self._later(self.shift)
         if self.weight_shift is None:
             return shift

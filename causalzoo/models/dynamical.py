@@ -205,7 +205,7 @@ class DynamicalConfig:
         variables, default) or a full Cholesky factor per step. A mean-field guide's ELBO
         penalises a decoder whose Jacobian columns are not orthogonal, so it can prefer an
         entangled (rotated) solution to the true one; ``"full"`` removes that bias within
-        a step (the reason the iVAE defaults to it; ``docs/models/dynamical.md``).
+        a step (the reason the iVAE defaults to it; ``docs/models/dynamical_measurements.md``).
     observation_scale : float, optional
         Fixed standard deviation of the Gaussian observation noise (the iVAE's and LEAP's
         practice on noise-free sequences); ``None`` (default) learns a per-feature scale.

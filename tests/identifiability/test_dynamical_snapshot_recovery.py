@@ -7,7 +7,7 @@ beside their entangled floors (``pytest -s`` prints them).
 
 What it asserts is only what holds at this size on every seed: both fits run, their latents
 are finite and their MCCs and floors are valid numbers. It does NOT claim recovery: at CI
-size neither mode is reliably above the floor (see ``docs/models/dynamical.md`` and
+size neither mode is reliably above the floor (see ``docs/models/dynamical_measurements.md`` and
 ``benchmarks/recovery_dynamical.py --snapshot`` for the measured numbers over seeds). Even
 at 18,000 cells with the setting that recovers in sequence mode, snapshot mode keeps a fit
 above the floor + 0.1 on none of generator seeds 0-2 (0.713 / 0.894 / 0.693 against

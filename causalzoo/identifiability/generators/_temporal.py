@@ -227,7 +227,7 @@ def leap_nonstationary(
     sequences (MCC 0.97 for LEAP); the defaults are smaller for tests. At a few thousand
     sequences noise of sd ``0.1 U(0, 1)`` is too small to resolve; ``noise_scale=1.0``
     (sd ``U(0, 1)``) is the setting of the dynamical model's recovery test
-    (``docs/models/dynamical.md``, "Recovery, measured").
+    (``docs/models/dynamical_measurements.md``, "Recovery, measured").
 
     Parameters
     ----------
@@ -247,7 +247,7 @@ def leap_nonstationary(
         given (domain, step). That is the iVAE setting with (domain, step) as the auxiliary
         variable, which a snapshot (each unit seen at one step) keeps; cross-lag edges
         (the default) break it, weakly at ``noise_scale=1.0``. Measured, it does not make
-        snapshot mode recover (``docs/models/dynamical.md``, "Snapshot recovery,
+        snapshot mode recover (``docs/models/dynamical_measurements.md``, "Snapshot recovery,
         measured"). The random draws are the same as without it, so modulation, mixing,
         history and noise are those of the default draw with the same seed; ``graph`` is
         the diagonal graph.
