@@ -39,7 +39,9 @@ latents with the same lag weights, noise scales and mixing but Laplace transitio
 the same standard deviation (non-Gaussian noise; the generators themselves draw Gaussian).
 ``--n-changing`` sets how many lag-1 entries TDRL's domains change, ``--graph-density`` the
 density of its lag graph (1.0: dense, as TDRL's own generator), ``--tdrl-dynamics linear``
-its transition without the leaky ReLU (a sparse VAR whose domains change lag-1 weights), and
+its transition without the leaky ReLU (a sparse VAR whose domains change lag-1 weights),
+``--tdrl-noise-change`` makes its domains change every latent's noise scale too
+(``tdrl_changing(noise_change=True)``: the whole mechanism changes), and
 ``--weight-shift-scale`` lets the model's domains change the lag weights of their targets
 (``DynamicalConfig(weight_shift_scale=...)``; ``--weight-shift-prior laplace`` or ``cauchy``
 gives each change a sparse prior, ``weight_shift_prior=...``). ``--generator caring`` draws
@@ -151,7 +153,8 @@ def make_data(args):
             n_domains=args.domains, n_per_domain=args.per_domain, n_latent=args.latents,
             n_lags=args.lags, n_steps=args.n_steps, noise_scale=args.noise_scale,
             n_changing=args.n_changing, graph_density=args.graph_density,
-            dynamics=args.tdrl_dynamics, seed=args.seed,
+            dynamics=args.tdrl_dynamics, noise_change=args.tdrl_noise_change,
+            seed=args.seed,
         )
     else:
         data = cz.identifiability.generators.leap_nonstationary(
@@ -605,6 +608,9 @@ def main(argv=None):
                         choices=["leaky_relu", "linear"],
                         help="TDRL generator: its transition (linear: without the leaky ReLU, "
                         "a sparse VAR whose lag-1 weights change across domains)")
+    parser.add_argument("--tdrl-noise-change", action="store_true",
+                        help="TDRL generator: the domains change every latent's noise scale "
+                        "too, noise_scale x U(0, 1) (noise_change=True)")
     parser.add_argument("--encoder-context", type=int, default=0,
                         help="steps before and after each step that its encoder reads")
     parser.add_argument("--caring-constant-noise", action="store_true",
@@ -663,6 +669,9 @@ def main(argv=None):
                      "--generator caring")
     if args.tdrl_dynamics != "leaky_relu" and args.generator != "tdrl":
         parser.error("--tdrl-dynamics sets TDRL's transition: use it with --generator tdrl")
+    if args.tdrl_noise_change and args.generator != "tdrl":
+        parser.error("--tdrl-noise-change sets TDRL's noise scales: use it with --generator "
+                     "tdrl")
     if args.generator in ("citris", "caring") and (
             args.oracle or args.snapshot or args.noise != "gaussian"):
         parser.error(f"--generator {args.generator} runs sequence mode with its own noise: "

@@ -245,6 +245,37 @@ def test_tdrl_linear_dynamics_is_the_same_draw_without_the_leaky_relu():
     np.testing.assert_allclose(lin.observe(lin.z), lin.x, rtol=1e-4, atol=1e-5)
 
 
+def test_tdrl_noise_change_changes_the_noise_scales_and_nothing_else():
+    """``noise_change=True``: the noise standard deviation of each latent differs across
+    domains (``noise_scale * U(0, 1)``) and is what is left after the domain's dynamics;
+    lag weights, changing entries, history, mixing and the standard-normal noise draws are
+    those of the draw without it, so the residuals are the same draws rescaled."""
+    kwargs = dict(n_domains=4, n_per_domain=3000, n_latent=3, n_steps=4, noise_scale=0.5,
+                  seed=5)
+    plain, changed = tdrl_changing(**kwargs), tdrl_changing(noise_change=True, **kwargs)
+    assert plain.info["noise_change"] is False and changed.info["noise_change"] is True
+    np.testing.assert_array_equal(plain.noise_scale, np.full((4, 3), 0.5, np.float32))
+    sigma = changed.noise_scale.astype(np.float64)
+    assert sigma.shape == (4, 3) and np.all((sigma > 0) & (sigma < 0.5))
+    assert np.all(np.ptp(sigma, axis=0) > 0.05), "every latent's scale changes"
+    for field in ("u", "graph", "transition"):
+        np.testing.assert_array_equal(getattr(changed, field), getattr(plain, field))
+    np.testing.assert_array_equal(changed.info["changing"], plain.info["changing"])
+    np.testing.assert_array_equal(changed.z[:, :2], plain.z[:, :2])
+    w = plain.transition[plain.u].astype(np.float64)
+
+    def residual(data, t):
+        z = data.z.astype(np.float64)
+        return z[:, t] - leaky_relu(np.einsum("nli,nlij->nj", z[:, t - 2:t][:, ::-1], w))
+
+    # step 2 has the same history in both draws: the same standard normals, rescaled
+    np.testing.assert_allclose(residual(changed, 2) / sigma[changed.u],
+                               residual(plain, 2) / 0.5, atol=1e-4)
+    for u in range(4):  # each domain's residual sd is its own noise scale
+        m = changed.u == u
+        np.testing.assert_allclose(residual(changed, 3)[m].std(0), sigma[u], rtol=0.08)
+
+
 def test_citris_interventions_are_observed_and_replace_the_variable():
     data = citris_temporal(n_units=300, n_steps=20, n_latent=5, seed=4)
     u = data.u
@@ -289,6 +320,7 @@ def test_floors_are_well_below_one_on_every_generator():
         (lambda: leap_nonstationary(self_lags_only="yes"), "self_lags_only"),
         (lambda: tdrl_changing(n_latent=2, n_changing=5), "n_changing"),
         (lambda: tdrl_changing(dynamics="relu"), "dynamics"),
+        (lambda: tdrl_changing(noise_change="yes"), "noise_change"),
         (lambda: caring(n_latent=3, n_observed=3), "n_observed"),
         (lambda: citris_temporal(n_latent=5, n_features=3), "n_features"),
         (lambda: citris_temporal(intervention_prob=2.0), "intervention_prob"),

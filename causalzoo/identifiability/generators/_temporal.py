@@ -312,6 +312,7 @@ def tdrl_changing(
     noise_scale: float = 0.1,
     n_mixing_layers: int = 2,
     dynamics: str = "leaky_relu",
+    noise_change: bool = False,
     seed: int = 0,
 ) -> TemporalData:
     """TDRL's changing-causal-dynamics process, seeded.
@@ -325,6 +326,9 @@ def tdrl_changing(
        largest ``sum_l ||B_l^u||_2`` is 0.95 and only the ``n_changing`` entries differ
        across domains (a factor per domain would change every weight of that domain);
     3. noise ``eps_t ~ N(0, noise_scale^2 I)`` in every domain (only the dynamics change);
+       with ``noise_change=True`` the standard deviation of latent ``i`` in domain ``u`` is
+       ``noise_scale * m[u, i]``, ``m ~ U(0, 1)`` as in :func:`leap_nonstationary`, so the
+       whole mechanism (lag weights and noise scale) changes across domains;
     4. ``z_t = leaky_relu(sum_l z_{t-l} B_l^u) + eps_t`` (``dynamics="linear"``: without
        the leaky ReLU, a sparse vector autoregression whose lag weights change across
        domains); history ``z_{0..L-1} ~ N(0, I)``;
@@ -362,6 +366,15 @@ def tdrl_changing(
         the latents is unchanged by a rotation of them, so only the sparsity of the change
         (and of the lag graph) tells the true basis from a rotated one; measured in
         ``docs/models/dynamical_measurements.md``, "TDRL's changing dynamics".
+    noise_change : bool
+        Whether the domains also change every latent's transition noise scale (above).
+        With Gaussian noise of one scale, the second derivative of the log transition
+        density in ``z_t`` is the same in every domain, so TDRL's sufficient-variability
+        condition fails whatever the lag weights do; with the scale changing it can hold.
+        The modulation ``m`` comes from its own random stream: lag weights, changing
+        entries, history, mixing and the standard-normal noise draws are those of the
+        draw without it. Measured in ``docs/models/dynamical_measurements.md``, "TDRL's
+        changing mechanisms".
     seed : int
 
     Returns
@@ -369,7 +382,8 @@ def tdrl_changing(
     TemporalData
         ``transition[u]`` holds the lag matrices of domain ``u``; ``info["changing"]`` the
         ``(row, column)`` of the changing lag-1 entries, ``info["dynamics"]`` the
-        transition.
+        transition, ``info["noise_change"]`` the option; ``noise_scale[u]`` the noise
+        standard deviations of domain ``u``.
 
     Examples
     --------
@@ -394,6 +408,8 @@ def tdrl_changing(
         raise CausalZooError(
             f"dynamics={dynamics!r} is not a TDRL transition; use 'leaky_relu' or 'linear'."
         )
+    noise_change = check_bool("noise_change", noise_change,
+                              meaning="whether the domains change the noise scales")
     seed = _check_int("seed", seed, 0)
     rng = np.random.default_rng(seed)
     link = leaky_relu if dynamics == "leaky_relu" else (lambda a: a)
@@ -407,18 +423,21 @@ def tdrl_changing(
     if largest > 0.95:  # one factor for all domains: the change stays in n_changing entries
         trans *= 0.95 / largest
     sigma = np.full((n_dom, d), noise)
+    if noise_change:  # its own stream: the rest of the draw is the one without it
+        sigma = noise * np.random.default_rng((seed, 1)).uniform(0.0, 1.0, (n_dom, d))
     mixing = invertible_mlp(rng, d, layers)
     u = np.repeat(np.arange(n_dom), n_per)
     z = np.zeros((u.size, steps, d))
     z[:, :lags] = rng.normal(size=(u.size, lags, d))
     for t in range(lags, steps):
         drive = np.einsum("nli,nlij->nj", z[:, t - lags:t][:, ::-1], trans[u])
-        z[:, t] = link(drive) + rng.normal(size=(u.size, d)) * noise
+        z[:, t] = link(drive) + rng.normal(size=(u.size, d)) * sigma[u]
     x = apply_mlp(z, mixing)
     f32 = np.float32
     return TemporalData(
         x=x.astype(f32), u=u, z=z.astype(f32), graph=(trans != 0).any(axis=0),
         transition=trans.astype(f32), noise_scale=sigma.astype(f32), n_lags=lags,
         name="tdrl_changing", seed=seed, mixing=mixing,
-        info={"changing": np.stack([rows, cols], axis=1), "dynamics": dynamics},
+        info={"changing": np.stack([rows, cols], axis=1), "dynamics": dynamics,
+              "noise_change": bool(noise_change)},
     )
