@@ -626,6 +626,30 @@ class DynamicalCausalVAE(FittedState):
         probs = jax.nn.sigmoid(jnp.asarray(self.params["lag_graph_logits"]))  # (child, lag, parent)
         return np.asarray(jnp.transpose(probs, (1, 2, 0)))
 
+    def lag_weight_changes(self) -> np.ndarray:
+        """Posterior mean of each domain's change of the lag weights, shape ``(n_domains,
+        n_lags, n_latent, n_latent)``: entry ``[u, l, j, i]`` is the change domain ``u``
+        makes to the weight of ``z_{t-l-1, j} -> z_{t, i}`` (parents in rows, children in
+        columns, as :meth:`lag_graph`). It is the change that acts, gated by the target and
+        the edge: ``P(target) * E[change] * P(edge)``, the mean of the product under the
+        guide, whose three factors are independent. Needs ``weight_shift_scale``.
+
+        The entries whose change spreads most across the domains are those the domains'
+        dynamics differ on (TDRL's changing causal dynamics; tested on
+        ``generators.tdrl_changing`` in
+        ``tests/identifiability/test_dynamical_tdrl_recovery.py``)."""
+        self._require_fit()
+        if "weight_shift_loc" not in self.params:
+            raise CausalZooError(
+                "this model's domains do not change lag weights (weight_shift_scale=None); "
+                "build it with weight_shift_scale=... (e.g. 0.5) to learn the changes."
+            )
+        target = jax.nn.sigmoid(jnp.asarray(self.params["target_logits"]))  # (dom, child)
+        edge = jax.nn.sigmoid(jnp.asarray(self.params["lag_graph_logits"]))  # (child, lag, par)
+        change = jnp.asarray(self.params["weight_shift_loc"])  # (dom, child, lag, parent)
+        acting = target[:, :, None, None] * change * edge[None]
+        return np.asarray(jnp.transpose(acting, (0, 2, 3, 1)))
+
     def perturbation_targets(self) -> pd.DataFrame:
         """Posterior probability that each domain changes the mechanism of each latent."""
         self._require_fit()

@@ -77,6 +77,8 @@ def test_fit_latents_graph_targets(fitted):
     targets = m.perturbation_targets()
     assert list(targets.index) == ["ctrl", "drug"] and list(targets.columns) == ["z_0", "z_1"]
     assert np.all((targets.values >= 0) & (targets.values <= 1))
+    with pytest.raises(CausalZooError, match=r"weight_shift_scale=None.*weight_shift_scale="):
+        m.lag_weight_changes()  # the domains of this model do not change lag weights
     # the fit moved the global factors off their initial values
     assert not np.allclose(m.params["lag_graph_logits"], 0.0)
     assert "fitted, 300 steps" in repr(m)
@@ -127,6 +129,8 @@ def test_input_errors():
     m = cz.DynamicalCausalVAE.from_arrays(x=x, u=u, **SMALL)
     with pytest.raises(CausalZooError, match="not fitted"):
         m.lag_graph()
+    with pytest.raises(CausalZooError, match="not fitted"):
+        m.lag_weight_changes()
     with pytest.raises(CausalZooError, match="learning rates"):
         m.fit(max_steps=1, learning_rate=0.0)
     with pytest.raises(CausalZooError, match="batch_size"):

@@ -280,8 +280,21 @@ def test_user_class_fits_per_step_labels_and_converts(tmp_path):
     loss = np.asarray(m.history["loss"])
     assert np.isfinite(loss).all() and loss[-20:].mean() < loss[:20].mean()
     assert "weight_shift_loc" in m.params
+    # the acting change, posterior mean: P(target) E[change] P(edge), (dom, lag, par, child)
+    changes = m.lag_weight_changes()
+    assert changes.shape == (2, 1, K, K)
+    sig = lambda a: 1.0 / (1.0 + np.exp(-np.asarray(a, np.float64)))  # noqa: E731
+    loc = np.asarray(m.params["weight_shift_loc"], np.float64)  # (dom, child, lag, parent)
+    graph = sig(m.params["lag_graph_logits"])  # (child, lag, parent)
+    target = sig(m.params["target_logits"])  # (dom, child)
+    for d, c, lag, p in np.ndindex(loc.shape):
+        np.testing.assert_allclose(changes[d, lag, p, c],
+                                   target[d, c] * loc[d, c, lag, p] * graph[c, lag, p],
+                                   rtol=1e-5, atol=1e-8)
+    assert np.abs(changes).max() > 0, "the fit moved the changes off zero"
     m.save(tmp_path / "m")
     back = cz.load(tmp_path / "m")
+    np.testing.assert_array_equal(back.lag_weight_changes(), changes)
     np.testing.assert_allclose(back.get_latent_representation(x), m.get_latent_representation())
     tree = cz.diagnostics.to_datatree(m, num_samples=4)
     domain = tree["constant_data"]["domain"]
