@@ -45,7 +45,8 @@ its transition without the leaky ReLU (a sparse VAR whose domains change lag-1 w
 ``--weight-shift-scale`` lets the model's domains change the lag weights of their targets
 (``DynamicalConfig(weight_shift_scale=...)``; ``--weight-shift-prior laplace`` or ``cauchy``
 gives each change a sparse prior, ``weight_shift_prior=...``). ``--generator caring`` draws
-CaRiNG's non-invertible process (``--encoder-context`` widens the encoder's window;
+CaRiNG's non-invertible process (``--domains`` above 1 changes its noise scales across
+domains, ``caring(n_domains=...)``; ``--encoder-context`` widens the encoder's window;
 ``--caring-constant-noise`` draws it with constant noise, ``caring(noise_coupled=False)``).
 ``--generator citris`` draws ``generators.citris_temporal`` (``--domains x --per-domain``
 sequences, ``2 * --latents`` features, one lagged parent each): its observed intervention
@@ -140,7 +141,8 @@ def make_data(args):
         return cz.identifiability.generators.caring(
             n_units=args.domains * args.per_domain, n_steps=args.n_steps,
             n_latent=args.latents, noise_scale=args.noise_scale,
-            noise_coupled=not args.caring_constant_noise, seed=args.seed,
+            noise_coupled=not args.caring_constant_noise, n_domains=args.domains,
+            seed=args.seed,
         )
     if args.generator == "citris":
         return cz.identifiability.generators.citris_temporal(

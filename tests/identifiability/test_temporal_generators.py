@@ -89,6 +89,44 @@ def test_caring_graph_has_the_self_edges_of_the_coupled_noise():
     assert np.all(constant.graph[0] == cyclic)
 
 
+@pytest.mark.parametrize("coupled", [False, True])
+def test_caring_domains_change_the_noise_scales_and_nothing_else(coupled):
+    """``n_domains=4``: equal domains, each latent's noise scale ``noise_scale * U(0, 1)``
+    per domain (times ``|z_{t-1,i}|`` when coupled); the mixing, initial state and raw
+    noise draws are those of the one-domain draw, so the residuals are its residuals
+    rescaled by the domain's scale."""
+    kwargs = dict(n_units=8000, n_steps=3, noise_scale=0.5, noise_coupled=coupled, seed=2)
+    one, four = caring(**kwargs), caring(n_domains=4, **kwargs)
+    np.testing.assert_array_equal(one.u, np.zeros(8000))
+    np.testing.assert_array_equal(four.u, np.repeat(np.arange(4), 2000))
+    np.testing.assert_array_equal(one.noise_scale, np.full((1, 3), 0.5, np.float32))
+    sigma = four.noise_scale.astype(np.float64)
+    assert sigma.shape == (4, 3) and np.all((sigma > 0) & (sigma < 0.5))
+    assert np.all(np.ptp(sigma, axis=0) > 0.05), "every latent's scale changes"
+    assert four.transition.shape == (4, 1, 3, 3)
+    np.testing.assert_array_equal(four.transition[2], one.transition[0])
+    np.testing.assert_array_equal(four.graph, one.graph)
+    np.testing.assert_array_equal(four.z[:, 0], one.z[:, 0])
+    b = one.transition[0, 0].astype(np.float64)
+
+    def raw_noise(data, t, scale=1.0):
+        """The noise of step t divided by its scale (and by z_{t-1} when coupled: the
+        generator multiplies by the signed previous value); float32 storage leaves
+        rounding that a small |z_{t-1}| would blow up, so those entries are NaN."""
+        z = data.z.astype(np.float64)
+        eps = (z[:, t] - z[:, t - 1] @ b) / scale
+        if coupled:
+            prev = z[:, t - 1]
+            eps = np.where(np.abs(prev) > 0.2, eps / np.where(prev == 0, 1, prev), np.nan)
+        return eps
+
+    np.testing.assert_allclose(raw_noise(four, 1, sigma[four.u]), raw_noise(one, 1, 0.5),
+                               rtol=1e-3, atol=1e-3)
+    for u in range(4):  # each domain's noise has its own scale
+        eps = raw_noise(four, 2)[four.u == u]
+        np.testing.assert_allclose(np.nanstd(eps, axis=0), sigma[u], rtol=0.08)
+
+
 def test_caring_mixing_is_not_injective_but_context_reveals_the_hidden_latent():
     data = caring(n_units=400, n_steps=6, noise_coupled=False, seed=0)
     check = check_injectivity(data, n_points=50)
@@ -325,6 +363,8 @@ def test_floors_are_well_below_one_on_every_generator():
         (lambda: citris_temporal(n_latent=5, n_features=3), "n_features"),
         (lambda: citris_temporal(intervention_prob=2.0), "intervention_prob"),
         (lambda: caring(seed=-1), "seed"),
+        (lambda: caring(n_units=10, n_domains=3), "multiple of n_domains"),
+        (lambda: caring(n_domains=0), "n_domains"),
     ],
 )
 def test_errors_name_the_argument(call, match):

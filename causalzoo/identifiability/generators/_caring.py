@@ -21,6 +21,7 @@ def caring(
     weight: float = 0.99,
     noise_scale: float = 0.1,
     noise_coupled: bool = True,
+    n_domains: int = 1,
     n_mixing_layers: int = 2,
     seed: int = 0,
 ) -> TemporalData:
@@ -34,7 +35,9 @@ def caring(
     3. noise ``eps_{t,i} ~ N(0, noise_scale^2)``, multiplied, when ``noise_coupled``, by
        the same dimension's previous value ``z_{t-1,i}`` (CaRiNG's NG setting, whose noise
        is scaled by the mean over its one-step history window; this makes the transition
-       non-additive);
+       non-additive); with ``n_domains > 1`` the units are split into equal domains and
+       latent ``i``'s noise scale in domain ``u`` is ``noise_scale * m[u, i]``,
+       ``m ~ U(0, 1)`` (LEAP's non-stationary noise, :func:`leap_nonstationary`);
     4. ``x_t = MLP(z_{t,1..p})``: only the first ``p`` latents are mixed (an invertible
        leaky-ReLU MLP on ``R^p``), so ``z_t -> x_t`` is **not** injective.
 
@@ -59,13 +62,20 @@ def caring(
     weight : float in (0, 1]
     noise_scale : float > 0
     noise_coupled : bool
+    n_domains : int
+        Domains whose noise scales differ (above); ``n_units`` must be a multiple of it.
+        CaRiNG's own process has one. The modulation ``m`` comes from its own random
+        stream, so mixing, initial state and raw noise draws are those of the one-domain
+        draw with the same seed. Measured in ``docs/models/dynamical_measurements.md``,
+        "CaRiNG with changing noise".
     n_mixing_layers : int
     seed : int
 
     Returns
     -------
     TemporalData
-        One domain (``u`` all 0); ``graph`` is the cyclic lag-1 graph of ``transition``,
+        ``u`` is each unit's domain (all 0 with one domain), ``noise_scale[u]`` the
+        domain's noise scales; ``graph`` is the cyclic lag-1 graph of ``transition``,
         plus each variable's self-edge when ``noise_coupled`` (its noise scale is its own
         previous value, so ``z_{t-1,i}`` is a parent of ``z_{t,i}``); ``info["n_mixed"] =
         p``.
@@ -87,9 +97,19 @@ def caring(
         )
     w = _check_float("weight", weight, 0.0, 1.0, low_open=True)
     noise = _check_float("noise_scale", noise_scale, 0.0, low_open=True)
+    n_dom = _check_int("n_domains", n_domains, 1)
+    if n % n_dom:
+        raise CausalZooError(
+            f"n_units={n} is not a multiple of n_domains={n_dom}: each domain gets "
+            "n_units / n_domains units; change one of them."
+        )
     layers = _check_int("n_mixing_layers", n_mixing_layers, 1)
     seed = _check_int("seed", seed, 0)
     rng = np.random.default_rng(seed)
+    sigma = np.full((n_dom, d), noise)
+    if n_dom > 1:  # its own stream: the rest of the draw is the one-domain draw
+        sigma = noise * np.random.default_rng((seed, 1)).uniform(0.0, 1.0, (n_dom, d))
+    u = np.repeat(np.arange(n_dom), n // n_dom)
 
     trans = np.zeros((1, d, d))
     trans[0, np.arange(d) - 1, np.arange(d)] = w  # parent i-1 -> child i
@@ -97,7 +117,7 @@ def caring(
     z = np.zeros((n, steps, d))
     z[:, 0] = rng.normal(size=(n, d))
     for t in range(1, steps):
-        eps = rng.normal(0.0, noise, size=(n, d))
+        eps = rng.normal(0.0, 1.0, size=(n, d)) * sigma[u]
         if noise_coupled:
             eps *= z[:, t - 1]
         z[:, t] = z[:, t - 1] @ trans[0] + eps
@@ -108,7 +128,8 @@ def caring(
         graph[0, np.arange(d), np.arange(d)] = True
     f32 = np.float32
     return TemporalData(
-        x=x.astype(f32), u=np.zeros(n, dtype=np.int64), z=z.astype(f32), graph=graph,
-        transition=trans[None].astype(f32), noise_scale=np.full((1, d), noise, dtype=f32),
+        x=x.astype(f32), u=u.astype(np.int64), z=z.astype(f32), graph=graph,
+        transition=np.repeat(trans[None], n_dom, axis=0).astype(f32),
+        noise_scale=sigma.astype(f32),
         n_lags=1, name="caring", seed=seed, mixing=mixing, info={"n_mixed": p},
     )
