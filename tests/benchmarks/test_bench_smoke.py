@@ -184,7 +184,7 @@ def test_tdrl_linear_dynamics_reach_the_generator_and_the_laplace_resimulation(
     args = argparse.Namespace(
         generator="tdrl", domains=4, per_domain=200, latents=3, lags=2, n_steps=6,
         noise_scale=0.5, n_changing=2, graph_density=0.3, tdrl_dynamics="linear", seed=1,
-        noise="gaussian")
+        noise="gaussian", tdrl_noise_change=False)
     data = recovery_dynamical.make_data(args)
     expected = tdrl_changing(n_domains=4, n_per_domain=200, n_latent=3, n_steps=6,
                              noise_scale=0.5, dynamics="linear", seed=1)
@@ -200,6 +200,32 @@ def test_tdrl_linear_dynamics_reach_the_generator_and_the_laplace_resimulation(
     assert kurtosis == pytest.approx(6.0, rel=0.2)  # Laplace: 6; Gaussian: 3
     with pytest.raises(SystemExit):  # TDRL's option, refused for another generator
         recovery_dynamical.main(["--tdrl-dynamics", "linear"])
+
+
+def test_tdrl_noise_change_and_caring_domains_reach_the_generators(recovery_dynamical):
+    """``--tdrl-noise-change`` draws ``tdrl_changing(noise_change=True)`` (refused for
+    another generator), and ``--domains`` splits CaRiNG's process into domains with their
+    own noise scales, ``caring(n_domains=...)`` (no fit)."""
+    from causalzoo.identifiability.generators import caring, tdrl_changing
+
+    tdrl = argparse.Namespace(
+        generator="tdrl", domains=4, per_domain=50, latents=3, lags=2, n_steps=6,
+        noise_scale=1.0, n_changing=2, graph_density=0.3, tdrl_dynamics="leaky_relu",
+        seed=2, noise="gaussian", tdrl_noise_change=True)
+    data = recovery_dynamical.make_data(tdrl)
+    expected = tdrl_changing(n_domains=4, n_per_domain=50, n_latent=3, n_steps=6,
+                             noise_scale=1.0, noise_change=True, seed=2)
+    np.testing.assert_array_equal(data.x, expected.x)
+    assert np.ptp(data.noise_scale, axis=0).min() > 0
+    with pytest.raises(SystemExit):
+        recovery_dynamical.main(["--tdrl-noise-change"])
+    data = recovery_dynamical.make_data(argparse.Namespace(
+        generator="caring", domains=4, per_domain=25, n_steps=5, latents=3, noise_scale=0.5,
+        caring_constant_noise=True, seed=3, noise="gaussian"))
+    expected = caring(n_units=100, n_steps=5, noise_scale=0.5, noise_coupled=False,
+                      n_domains=4, seed=3)
+    np.testing.assert_array_equal(data.x, expected.x)
+    np.testing.assert_array_equal(data.u, np.repeat(np.arange(4), 25))
 
 
 def test_history_scale_reaches_the_model(recovery_dynamical, capsys):

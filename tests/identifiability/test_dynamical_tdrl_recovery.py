@@ -7,9 +7,10 @@ identified up to permutation and component-wise invertible maps when the transit
 a change of the lag weights alone leaves the second derivative of the log transition
 density in ``z_t`` the same in every domain, so TDRL's sufficient-variability condition
 fails whatever the weights do; the generator's default draw is that case, and there the
-model recovers the latents on 2 of 5 draws only (docs/models/dynamical_measurements.md,
-"TDRL's changing dynamics"). Here the domains change the whole mechanism, the lag weights
-of two entries and every latent's noise scale (``tdrl_changing(noise_change=True)``).
+model recovers the latents on at most 2 of 5 draws (none of 5 with one fit at this test's
+setting; docs/models/dynamical_measurements.md, "TDRL's changing dynamics" and "TDRL's
+changing mechanisms"). Here the domains change the whole mechanism, the lag weights of two
+entries and every latent's noise scale (``tdrl_changing(noise_change=True)``).
 
 Setting: 3 latents, 2 lags, 20 domains x 150 sequences of 6 steps, transition noise 1.0
 times ``U(0, 1)`` per domain and latent, two lag-1 weights changing per domain, generator
@@ -30,7 +31,14 @@ Measured with ``python benchmarks/recovery_dynamical.py --generator tdrl
 --log-scale-shift-rate global --shift-scale 0.01 --steps 5000 --posterior full
 --observation-scale 0.1 --weight-shift-scale 0.5 --target-probability 0.99 --control
 stationary`` (and ``--control shuffled --control-only``); the tables over generator seeds
-0-4 are in docs/models/dynamical_measurements.md, "TDRL's changing mechanisms".
+0-4 are in docs/models/dynamical_measurements.md, "TDRL's changing mechanisms": with three
+fits kept by the marginal likelihood the true labels recover 5 of 5 draws, and the kept
+stationary fit is 0.051-0.271 below them but crosses the line itself on 3 draws (the
+shared nonlinear dynamics partly identify), so the controls are asserted relative to the
+true labels. This draw passed under four instruction-set caps of XLA's CPU code
+(``XLA_FLAGS=--xla_cpu_max_isa=SSE4_2 / AVX / AVX2`` and none): true labels 0.982-0.983
+(floor 0.792), stationary 0.759-0.774, shuffled 0.717-0.722; weight-change spread on the
+true entries 0.180-0.245 against at most 0.072 elsewhere.
 """
 
 from __future__ import annotations
