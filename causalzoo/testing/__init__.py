@@ -26,7 +26,7 @@ from .assertions import (
     assert_recovers,
     recovery_report,
 )
-from .profiles import ENV_VAR, active_profile, load_profile, register_profiles
+from .profiles import ENV_VAR, active_profile, examples, load_profile, register_profiles
 from .strategies import (
     ComponentMap,
     LatentTransform,
@@ -50,6 +50,7 @@ __all__ = [
     "recovery_report",
     "ENV_VAR",
     "active_profile",
+    "examples",
     "load_profile",
     "register_profiles",
     "ComponentMap",

@@ -15,6 +15,10 @@ is set (to ``ci``, ``nightly`` or ``gpu``, with or without the ``causalzoo-`` pr
 that one. Nothing happens to hypothesis's settings for code that never imports
 ``causalzoo.testing`` or leaves the variable unset. Tests can read :func:`active_profile` to
 pick problem sizes (a CI-sized fit, or the published size at night).
+
+A test's own ``@settings(max_examples=n)`` overrides every profile, so a long profile
+would still run ``n`` examples; ``@settings(max_examples=examples(n))`` keeps ``n`` in CI
+and takes the long profile's count at night (:func:`examples`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from hypothesis import HealthCheck, settings
 
 from .._errors import CausalZooError
 
-__all__ = ["ENV_VAR", "PROFILES", "register_profiles", "load_profile", "active_profile"]
+__all__ = ["ENV_VAR", "PROFILES", "register_profiles", "load_profile", "active_profile",
+           "examples"]
 
 ENV_VAR = "CAUSALZOO_HYPOTHESIS_PROFILE"
 _PREFIX = "causalzoo-"
@@ -106,3 +111,34 @@ def load_profile(name: str | None = None) -> str | None:
 def active_profile() -> str | None:
     """The short name of the causalzoo profile loaded in this process, or ``None``."""
     return _active
+
+
+def examples(n: int) -> int:
+    """A property test's own example count, raised to the long profiles' count.
+
+    ``@settings(max_examples=25)`` on a test overrides the loaded profile, so under
+    ``nightly`` that test would still draw 25 examples. ``@settings(max_examples=
+    examples(25))`` draws 25 under ``ci`` or when no causalzoo profile is loaded, and
+    ``max(25, 500)`` under ``nightly`` or ``gpu``. It is read when the decorator runs, at
+    import, so the profile must be loaded first: ``import causalzoo.testing`` (in your
+    ``conftest.py``) with ``CAUSALZOO_HYPOTHESIS_PROFILE`` set does that.
+
+    Parameters
+    ----------
+    n : int
+        The test's count in CI (>= 1).
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> examples(25) if active_profile() in (None, "ci") else 25
+    25
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise CausalZooError(f"examples(n) needs a positive int count; got {n!r}.")
+    if _active in (None, "ci"):
+        return n
+    return max(n, int(PROFILES[_active]["max_examples"]))

@@ -12,6 +12,7 @@ from numpyro.infer.util import log_density
 
 from causalzoo import CausalZooError
 from causalzoo.blocks import dag
+from causalzoo.testing import examples
 
 METHODS = ["exponential", "binomial", "power_series", "log_det"]
 
@@ -48,7 +49,7 @@ D = 6
 graphs = st.tuples(st.just(D), st.floats(0.0, 1.0), st.integers(0, 2**32 - 1))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(graph=graphs)
 def test_zero_with_zero_gradient_on_every_dag(graph):
     d, density, seed = graph
@@ -60,7 +61,7 @@ def test_zero_with_zero_gradient_on_every_dag(graph):
             np.testing.assert_allclose(np.asarray(g), 0.0, atol=1e-10, err_msg=method)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(graph=graphs, data=st.data())
 def test_positive_with_nonzero_gradient_once_a_cycle_exists(graph, data):
     d, density, seed = graph

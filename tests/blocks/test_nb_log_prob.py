@@ -24,6 +24,7 @@ from causalzoo.blocks.likelihoods import (
     ZeroInflatedNegativeBinomialLog,
     _nb_log_prob,
 )
+from causalzoo.testing import examples
 
 # Tolerances relative to 1 + |reference|. NumPyro's own float32 NB2 is off by up to 2e-2 on
 # the grid below (large theta); the fast path stays within 1e-4.
@@ -103,7 +104,7 @@ def test_zero_counts_give_the_closed_form():
                                rtol=1e-4, atol=1e-6)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(
     seed=st.integers(0, 2**32 - 1),
     log_mu_scale=st.floats(0.1, 4.0),

@@ -16,6 +16,7 @@ from causalzoo.data import (
     normalize_control,
     parse_perturbation,
 )
+from causalzoo.testing import examples
 
 
 def test_order_does_not_matter():
@@ -146,7 +147,7 @@ def test_many_repeated_labels_parse_fast():
 gene = st.from_regex(r"[A-Z][A-Z0-9]{0,6}", fullmatch=True).filter(lambda s: s != "CTRL")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(genes=st.sets(gene, min_size=1, max_size=5), data=st.data())
 def test_any_join_order_parses_to_the_same_sorted_set(genes, data):
     order = data.draw(st.permutations(sorted(genes)))

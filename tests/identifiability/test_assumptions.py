@@ -16,11 +16,12 @@ from causalzoo.identifiability import (
     gaussian_natural_parameters,
 )
 from causalzoo.identifiability.generators import leap_nonstationary
+from causalzoo.testing import examples
 
 # ------------------------------------------------------------ sufficient variability
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(n_params=st.integers(1, 8), n_values=st.integers(1, 12), seed=st.integers(0, 2**32 - 1))
 def test_generic_parameters_pass_exactly_when_there_are_enough_values(n_params, n_values, seed):
     lam = np.random.default_rng(seed).normal(size=(n_values, n_params))
@@ -31,7 +32,7 @@ def test_generic_parameters_pass_exactly_when_there_are_enough_values(n_params, 
     assert bool(check) == (n_values >= n_params + 1)
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(n_params=st.integers(2, 6), seed=st.integers(0, 2**32 - 1))
 def test_parameters_confined_to_a_subspace_fail(n_params, seed):
     rng = np.random.default_rng(seed)
@@ -126,7 +127,7 @@ def test_injectivity_errors():
 # -------------------------------------------------------------------- acyclicity
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(d=st.integers(1, 8), seed=st.integers(0, 2**32 - 1), data=st.data())
 def test_acyclicity_on_dags_and_with_an_added_cycle(d, seed, data):
     rng = np.random.default_rng(seed)

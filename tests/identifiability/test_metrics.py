@@ -15,6 +15,7 @@ from causalzoo.identifiability import (
     mask_recovery,
     mcc,
 )
+from causalzoo.testing import examples
 
 MONOTONE_MAPS = [
     lambda v: np.exp(v),
@@ -73,7 +74,7 @@ def test_mcc_invariant_to_permutation_sign_and_positive_scaling():
     np.testing.assert_array_equal(perm[matching], np.arange(5))
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(
     d=st.integers(2, 6),
     n=st.integers(50, 400),

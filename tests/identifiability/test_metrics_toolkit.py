@@ -16,6 +16,7 @@ from causalzoo.identifiability import (
     r2_kernel_ridge,
     r2_linear,
 )
+from causalzoo.testing import examples
 
 
 def _reference_mcc(z, zh):
@@ -29,7 +30,7 @@ def _reference_mcc(z, zh):
 # ------------------------------------------------------------------------ MCC laws
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(d=st.integers(1, 6), extra=st.integers(0, 3), n=st.integers(30, 300),
        seed=st.integers(0, 2**32 - 1))
 def test_mcc_parity_with_linear_sum_assignment(d, extra, n, seed):
@@ -40,7 +41,7 @@ def test_mcc_parity_with_linear_sum_assignment(d, extra, n, seed):
     assert mcc(z, zh) == pytest.approx(_reference_mcc(z, zh), abs=1e-9)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(d=st.integers(1, 6), n=st.integers(50, 400), seed=st.integers(0, 2**32 - 1),
        extra=st.integers(0, 2))
 def test_pearson_is_one_under_affine_maps_and_spearman_under_monotone_ones(d, n, seed, extra):
@@ -68,7 +69,7 @@ def test_pearson_is_not_one_under_a_rotation_or_a_nonlinear_map():
 # A ceiling is a tail bound, so a random draw may exceed it: at n = 256 and d >= 3 about
 # 3 in 10^4 draws do (1 in 50 at d = 1, where MCC is one |correlation|). The examples are
 # derandomised so that CI stays deterministic.
-@settings(max_examples=15, deadline=None, derandomize=True)
+@settings(max_examples=examples(15), deadline=None, derandomize=True)
 @given(d=st.integers(3, 20), n=st.sampled_from([256, 512, 1024, 2048]),
        seed=st.integers(0, 2**32 - 1))
 def test_independent_noise_stays_below_the_calibrated_null_ceiling(d, n, seed):
@@ -182,7 +183,7 @@ def test_graph_metrics_count_a_reversed_edge_once():
     assert graph_metrics(truth, both)["n_reversed"] == 0.0
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=examples(25), deadline=None)
 @given(d=st.integers(2, 7), extra=st.integers(0, 2), seed=st.integers(0, 2**32 - 1))
 def test_graph_metrics_invariant_to_relabelling(d, extra, seed):
     rng = np.random.default_rng(seed)

@@ -47,3 +47,20 @@ def test_profiles_are_registered_and_unknown_names_are_refused():
     assert settings.get_profile("causalzoo-gpu").max_examples >= 500
     with pytest.raises(CausalZooError, match="'weekly'"):
         profiles.load_profile("weekly")
+
+
+def test_examples_keeps_the_ci_count_and_takes_the_long_profiles_count():
+    """A test's own ``max_examples`` overrides the profile; ``examples(n)`` keeps ``n``
+    without a profile and under ``ci`` and raises it to 500 under ``nightly`` / ``gpu``
+    (never lowers it), and a decorated test really draws that many."""
+    code = ("import causalzoo.testing as t; print(t.examples(25), t.examples(900)); "
+            "from hypothesis import given, settings, strategies as st; n = []; "
+            "g = given(st.integers())(lambda x: n.append(x)); "
+            "settings(max_examples=t.examples(25))(g)(); print(len(n) >= t.examples(25))")
+    assert _run(code, None).splitlines() == ["25 900", "True"]
+    assert _run(code, "ci").splitlines() == ["25 900", "True"]
+    assert _run(code, "nightly").splitlines() == ["500 900", "True"]
+    assert _run(code, "gpu").splitlines()[0] == "500 900"
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(CausalZooError, match="positive int"):
+            profiles.examples(bad)

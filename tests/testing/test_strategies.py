@@ -15,6 +15,7 @@ from causalzoo.testing import (
     ComponentMap,
     LatentTransform,
     equivalence_transforms,
+    examples,
     ivae_configs,
     monotone_maps,
     sparse_perturbation_configs,
@@ -23,7 +24,7 @@ from causalzoo.testing import (
 Z = np.random.default_rng(0).normal(size=(400, 4)) * np.array([0.5, 1.0, 3.0, 10.0])
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(t=equivalence_transforms(4, kind="componentwise"))
 def test_componentwise_transforms_keep_spearman_mcc_at_one(t):
     out = t(Z)
@@ -34,14 +35,14 @@ def test_componentwise_transforms_keep_spearman_mcc_at_one(t):
     assert [t.permutation[j] for j in matching] == [0, 1, 2, 3]
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=examples(30), deadline=None)
 @given(t=equivalence_transforms(4, kind="scaling"))
 def test_scaling_transforms_keep_pearson_mcc_at_one(t):
     assert all(m.is_affine for m in t.maps)
     assert mcc(Z, t(Z), method="pearson") > 1 - 1e-9
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(t=equivalence_transforms(4, kind="affine", max_condition=10.0))
 def test_affine_transforms_are_invertible_and_linear(t):
     matrix = np.asarray(t.matrix)
@@ -62,7 +63,7 @@ def test_a_nonlinear_monotone_map_breaks_pearson_but_not_spearman():
     assert mcc(Z, t(Z), method="pearson") < 0.9
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 @given(m=monotone_maps(), data=st.data())
 def test_monotone_maps_are_strictly_monotone(m, data):
     h = np.sort(np.random.default_rng(data.draw(st.integers(0, 100))).normal(size=200) * 3)
@@ -81,7 +82,7 @@ def test_transform_and_strategy_errors():
         t(np.zeros((5, 3)))
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=examples(10), deadline=None)
 @given(config=ivae_configs(max_latent=3, max_segments=8, max_per_segment=20))
 def test_ivae_configs_are_valid_and_give_the_contract(config):
     assert config["n_segments"] >= 2 * config["n_latent"] + 1
@@ -91,7 +92,7 @@ def test_ivae_configs_are_valid_and_give_the_contract(config):
     assert np.all(np.isfinite(data.x))
 
 
-@settings(max_examples=5, deadline=None)
+@settings(max_examples=examples(5), deadline=None)
 @given(config=sparse_perturbation_configs(max_perturbations=3, max_genes=20))
 def test_sparse_perturbation_configs_are_valid(config):
     data = cz.identifiability.generators.sparse_perturbation(**config)
