@@ -644,11 +644,9 @@ class DynamicalCausalVAE(FittedState):
                 "this model's domains do not change lag weights (weight_shift_scale=None); "
                 "build it with weight_shift_scale=... (e.g. 0.5) to learn the changes."
             )
-        target = jax.nn.sigmoid(jnp.asarray(self.params["target_logits"]))  # (dom, child)
-        edge = jax.nn.sigmoid(jnp.asarray(self.params["lag_graph_logits"]))  # (child, lag, par)
-        change = jnp.asarray(self.params["weight_shift_loc"])  # (dom, child, lag, parent)
-        acting = target[:, :, None, None] * change * edge[None]
-        return np.asarray(jnp.transpose(acting, (0, 2, 3, 1)))
+        target = self.perturbation_targets().to_numpy()  # (dom, child)
+        change = np.transpose(np.asarray(self.params["weight_shift_loc"]), (0, 2, 3, 1))
+        return target[:, None, None, :] * change * self.lag_graph()[None]  # (dom, lag, par, child)
 
     def perturbation_targets(self) -> pd.DataFrame:
         """Posterior probability that each domain changes the mechanism of each latent."""

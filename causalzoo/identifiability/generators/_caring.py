@@ -7,7 +7,7 @@ import numpy as np
 from ..._errors import CausalZooError
 from ._checks import check_float as _check_float
 from ._checks import check_int as _check_int
-from ._temporal import TemporalData, apply_mlp, invertible_mlp
+from ._temporal import TemporalData, apply_mlp, domain_noise_scales, invertible_mlp
 
 __all__ = ["caring"]
 
@@ -106,9 +106,7 @@ def caring(
     layers = _check_int("n_mixing_layers", n_mixing_layers, 1)
     seed = _check_int("seed", seed, 0)
     rng = np.random.default_rng(seed)
-    sigma = np.full((n_dom, d), noise)
-    if n_dom > 1:  # its own stream: the rest of the draw is the one-domain draw
-        sigma = noise * np.random.default_rng((seed, 1)).uniform(0.0, 1.0, (n_dom, d))
+    sigma = domain_noise_scales(seed, n_dom, d, noise, vary=n_dom > 1)
     u = np.repeat(np.arange(n_dom), n // n_dom)
 
     trans = np.zeros((1, d, d))

@@ -188,6 +188,17 @@ def _lag_matrices(rng: np.random.Generator, d: int, n_lags: int, density: float,
     return w * (0.9 / norms)
 
 
+def domain_noise_scales(seed: int, n_domains: int, d: int, noise: float,
+                        vary: bool) -> np.ndarray:
+    """Transition noise sd per domain and latent, ``(n_domains, d)``: ``noise`` everywhere,
+    or with ``vary`` ``noise * U(0, 1)`` drawn from the stream ``(seed, 1)``, apart from the
+    generator's own, so that the rest of a draw is the one with ``vary=False``
+    (``tdrl_changing(noise_change=True)``, ``caring(n_domains > 1)``)."""
+    if not vary:
+        return np.full((n_domains, d), noise)
+    return noise * np.random.default_rng((seed, 1)).uniform(0.0, 1.0, (n_domains, d))
+
+
 def leap_nonstationary(
     *,
     n_domains: int = 20,
@@ -422,9 +433,7 @@ def tdrl_changing(
     largest = np.linalg.norm(trans, ord=2, axis=(2, 3)).sum(axis=1).max()
     if largest > 0.95:  # one factor for all domains: the change stays in n_changing entries
         trans *= 0.95 / largest
-    sigma = np.full((n_dom, d), noise)
-    if noise_change:  # its own stream: the rest of the draw is the one without it
-        sigma = noise * np.random.default_rng((seed, 1)).uniform(0.0, 1.0, (n_dom, d))
+    sigma = domain_noise_scales(seed, n_dom, d, noise, vary=noise_change)
     mixing = invertible_mlp(rng, d, layers)
     u = np.repeat(np.arange(n_dom), n_per)
     z = np.zeros((u.size, steps, d))
