@@ -122,13 +122,16 @@ def with_noise(data, noise: str, seed: int):
     lags, u = data.n_lags, data.u
     sigma = data.noise_scale[u]  # (n, d)
     z = np.array(data.z, np.float64)
-    linear = data.info.get("dynamics") == "linear"  # tdrl_changing(dynamics="linear")
+    linear = data.info.get("dynamics") == "linear"  # dynamics="linear" (LEAP or TDRL)
     for t in range(lags, z.shape[1]):
         eps = rng.laplace(0.0, 1.0 / np.sqrt(2.0), size=sigma.shape) * sigma
         if data.name == "leap_nonstationary":
             b = data.transition[0]
-            drive = sum(_leaky_relu(z[:, t - lag - 1] @ b[lag]) for lag in range(lags))
-            z[:, t] = _leaky_relu(drive + eps)
+            if linear:
+                z[:, t] = sum(z[:, t - lag - 1] @ b[lag] for lag in range(lags)) + eps
+            else:
+                drive = sum(_leaky_relu(z[:, t - lag - 1] @ b[lag]) for lag in range(lags))
+                z[:, t] = _leaky_relu(drive + eps)
         else:  # tdrl_changing, with its leaky-ReLU or linear transition
             drive = np.einsum("nli,nlij->nj", z[:, t - lags:t][:, ::-1], data.transition[u])
             z[:, t] = (drive if linear else _leaky_relu(drive)) + eps
@@ -162,7 +165,7 @@ def make_data(args):
         data = cz.identifiability.generators.leap_nonstationary(
             n_domains=args.domains, n_per_domain=args.per_domain, n_latent=args.latents,
             n_lags=args.lags, n_steps=args.n_steps, noise_scale=args.noise_scale,
-            self_lags_only=args.self_lags_only, seed=args.seed,
+            self_lags_only=args.self_lags_only, dynamics=args.leap_dynamics, seed=args.seed,
         )
     return with_noise(data, args.noise, args.seed)
 
@@ -328,8 +331,9 @@ def _snapshot_scores(data, snap, z_hat) -> tuple[dict, np.ndarray]:
 
 def run_snapshot(args, labels: str = "snapshot", fit_seed: int | None = None) -> dict:
     """Snapshot mode on the snapshot version of the same generator draw; ``labels``:
-    "snapshot" (the true domain labels) or "snapshot-shuffled" (a random permutation of the
-    cells' domain labels, the negative control); "ivae" / "vae": :func:`run_snapshot_ivae`."""
+    "snapshot" (the true domain labels), "snapshot-shuffled" (a random permutation of the
+    cells' domain labels, the negative control) or "snapshot-stationary" (one domain);
+    "ivae" / "vae": :func:`run_snapshot_ivae`."""
     if labels in ("ivae", "vae"):
         return run_snapshot_ivae(args, labels, fit_seed)
     data, snap, scale = snapshot_data(args)
@@ -337,6 +341,8 @@ def run_snapshot(args, labels: str = "snapshot", fit_seed: int | None = None) ->
     u = snap.u
     if labels == "snapshot-shuffled":
         u = u[np.random.default_rng(args.seed + 1).permutation(len(u))]
+    elif labels == "snapshot-stationary":  # one domain: the population varies with the step
+        u = np.zeros_like(u)
     obs = pd.DataFrame({"step": snap.step, "domain": u.astype(str)},
                        index=[f"unit{i}" for i in range(len(snap.step))])
     adata = anndata.AnnData(snap.x / scale, obs=obs)
@@ -621,6 +627,10 @@ def main(argv=None):
     parser.add_argument("--self-lags-only", action="store_true",
                         help="LEAP generator: diagonal lag matrices (each latent's only lagged "
                         "parent is its own past: independent processes given the domain)")
+    parser.add_argument("--leap-dynamics", default="leaky_relu",
+                        choices=["leaky_relu", "linear"],
+                        help="LEAP generator: its transition (linear: a Gaussian vector "
+                        "autoregression with LEAP's changing noise)")
     parser.add_argument("--noise", default="gaussian", choices=["gaussian", "laplace"],
                         help="transition noise of the generated latents")
     parser.add_argument("--seed", type=int, default=0, help="generator seed")
@@ -636,9 +646,10 @@ def main(argv=None):
     parser.add_argument("--particles", type=int, default=256,
                         help="snapshot mode: particle paths per domain (n_particles)")
     parser.add_argument("--snapshot-control", default="none",
-                        choices=["none", "shuffled", "ivae", "vae"],
-                        help="snapshot mode: also fit shuffled domain labels, the iVAE with "
-                        "the (domain, step) pair as segment, or a VAE (one segment)")
+                        choices=["none", "shuffled", "stationary", "ivae", "vae"],
+                        help="snapshot mode: also fit shuffled domain labels, one domain for "
+                        "every cell (stationary), the iVAE with the (domain, step) pair as "
+                        "segment, or a VAE (one segment)")
     parser.add_argument("--no-sequence", action="store_true",
                         help="snapshot mode: skip the sequence-mode fit")
     parser.add_argument("--marginal-ll", action="store_true",
@@ -666,6 +677,8 @@ def main(argv=None):
     if args.self_lags_only and args.generator != "leap":
         parser.error("--self-lags-only makes LEAP's lag matrices diagonal: use it with "
                      "--generator leap")
+    if args.leap_dynamics != "leaky_relu" and args.generator != "leap":
+        parser.error("--leap-dynamics sets LEAP's transition: use it with --generator leap")
     if args.caring_constant_noise and args.generator != "caring":
         parser.error("--caring-constant-noise sets CaRiNG's transition noise: use it with "
                      "--generator caring")
@@ -685,7 +698,8 @@ def main(argv=None):
         fits = ([] if args.no_sequence else ["true"]) + (
             [] if args.control_only else ["snapshot"])
         if args.snapshot_control != "none":
-            fits.append("snapshot-shuffled" if args.snapshot_control == "shuffled"
+            fits.append(f"snapshot-{args.snapshot_control}"
+                        if args.snapshot_control in ("shuffled", "stationary")
                         else args.snapshot_control)
         rows = []
         for labels in fits:

@@ -293,7 +293,9 @@ class SnapshotDynamicalCausalVAE(DynamicalCausalVAE):
     n_particles : int
         Particle paths per perturbation that represent its population law (default 256;
         the cost of a training step grows with it, see
-        :mod:`causalzoo.models.dynamical_snapshot`).
+        :mod:`causalzoo.models.dynamical_snapshot`). With ``transition="linear"`` and the
+        Gaussian prior the law is computed exactly (a Gaussian per perturbation and step)
+        and the particles only fill the ``population`` site.
     **config_kwargs
         Hyper-parameters of :class:`~causalzoo.models.dynamical.DynamicalConfig`.
 

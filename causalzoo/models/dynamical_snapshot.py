@@ -32,6 +32,14 @@ Gradients flow through the particles to the mechanisms, the lag graph and the sh
 population trajectory is what the time points constrain. Each cell's latent path up to its
 time is thereby inferred as a population quantity (``predict`` samples it), not per cell.
 
+**Linear mechanisms: the exact law.** With ``transition="linear"`` and the Gaussian prior
+the process is a Gaussian vector autoregression, so the population law of every (domain,
+step) is Gaussian, ``N(m_{u,s}, C_{u,s})``, computed exactly by propagating the mean and
+covariance of the lagged window through the transition (:func:`population_gaussian`);
+the cells' prior is that multivariate normal, with no particle error and no Monte Carlo
+noise in its gradients. The particle paths are still drawn, for inspection
+(``population``).
+
 With ``prior="flow"`` each particle step is pushed through the learned transition of
 :class:`~causalzoo.blocks.transitions.FlowLaggedTransition` (the fixed normal draws mapped
 to the flow's base by their quantile), and a cell's prior is the mixture over the particles
@@ -87,6 +95,8 @@ from .dynamical import (
 __all__ = [
     "FlowParticleMixture",
     "flow_population_particles",
+    "exact_population",
+    "population_gaussian",
     "path_length",
     "population_marginal",
     "population_particles",
@@ -144,6 +154,76 @@ def population_particles(mean_fn, shift, scale, initial_scale, *, initial_shift:
          jnp.broadcast_to(scale, (shift.shape[0], n_later, shift.shape[-1]))], axis=1
     )
     return loc, comp_scale
+
+
+def exact_population(config: DynamicalConfig) -> bool:
+    """Whether the population law is computed exactly (:func:`population_gaussian`): linear
+    mechanisms under the Gaussian prior (no ``history_scale``, which is a flow option)."""
+    return config.transition == "linear" and config.prior == "gaussian"
+
+
+def population_gaussian(mean_fn, shift, scale, initial_scale, *, initial_shift: bool,
+                        n_steps: int, n_lags: int):
+    """The exact population law of each (domain, step) when the transition mean is affine.
+
+    The first ``L`` steps are independent ``N(initial_loc, initial_scale^2)``; step ``t``
+    is ``A w_t + b + shift + scale * eps`` with ``w_t`` the stacked window ``[z_{t-1}, ...,
+    z_{t-L}]``, so the window is jointly Gaussian at every step and its mean and covariance
+    propagate exactly. ``A`` and ``b`` are read off ``mean_fn`` (its Jacobian and its value
+    at zero), which must be affine in the window, as the linear mechanisms are.
+
+    Parameters
+    ----------
+    mean_fn : callable
+        The transition mean, ``(..., L, k) -> (..., k)``, affine.
+    shift, scale, initial_scale : arrays (D, k)
+        As in :func:`population_particles`.
+
+    Returns
+    -------
+    loc, cov : arrays (D, n_steps, k) and (D, n_steps, k, k)
+        The mean and covariance of ``z_s`` in domain ``d``.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> ar = lambda window: 0.5 * window[..., 0, :]   # z_t = 0.5 z_{t-1} + eps
+    >>> loc, cov = population_gaussian(ar, jnp.zeros((1, 1)), jnp.ones((1, 1)),
+    ...                                jnp.ones((1, 1)), initial_shift=False, n_steps=3,
+    ...                                n_lags=1)
+    >>> [round(float(v), 4) for v in cov[0, :, 0, 0]]   # 1, 0.25 + 1, 0.25 * 1.25 + 1
+    [1.0, 1.25, 1.3125]
+    """
+    n_dom, k = shift.shape
+    lk = n_lags * k
+    window0 = jnp.zeros((n_lags, k))
+    a = jax.jacfwd(mean_fn)(window0).reshape(k, lk)  # rows: children; columns: (lag, parent)
+    b = mean_fn(window0)
+    initial_loc = shift if initial_shift else jnp.zeros_like(shift)
+    mean = jnp.tile(initial_loc, (1, n_lags))  # (D, L k), lag 1 first
+    cov = jax.vmap(jnp.diag)(jnp.tile(initial_scale**2, (1, n_lags)))  # (D, L k, L k)
+    noise_cov = jax.vmap(jnp.diag)(scale**2)
+    keep = lk - k  # the window's entries that move one lag back
+
+    def step(carry, _):
+        mean, cov = carry
+        loc = mean @ a.T + b + shift
+        cross = jnp.einsum("ij,djl->dil", a, cov)  # Cov(z_t, window) (D, k, L k)
+        var = jnp.einsum("dil,jl->dij", cross, a) + noise_cov
+        new_mean = jnp.concatenate([loc, mean[:, :keep]], axis=-1)
+        top = jnp.concatenate([var, cross[:, :, :keep]], axis=-1)
+        bottom = jnp.concatenate([jnp.swapaxes(cross[:, :, :keep], 1, 2),
+                                  cov[:, :keep, :keep]], axis=-1)
+        return (new_mean, jnp.concatenate([top, bottom], axis=1)), (loc, var)
+
+    _, (later_loc, later_cov) = jax.lax.scan(step, (mean, cov), None,
+                                             length=n_steps - n_lags)
+    first_loc = jnp.broadcast_to(initial_loc[:, None], (n_dom, n_lags, k))
+    first_cov = jnp.broadcast_to(jax.vmap(jnp.diag)(initial_scale**2)[:, None],
+                                 (n_dom, n_lags, k, k))
+    loc = jnp.concatenate([first_loc, jnp.moveaxis(later_loc, 0, 1)], axis=1)
+    cov = jnp.concatenate([first_cov, jnp.moveaxis(later_cov, 0, 1)], axis=1)
+    return loc, cov
 
 
 def _initial_particles(shift, initial_scale, initial_shift, noise, n_lags):
@@ -389,7 +469,15 @@ def snapshot_model(
         )
         # the particles themselves (transition mean + their own fixed noise), for inspection
         population = numpyro.deterministic("population", loc + comp_scale[:, None] * noise)
-        prior_z = population_marginal(loc, comp_scale, u, time_index)
+        if exact_population(config):
+            pop_loc, pop_cov = population_gaussian(
+                fn, *domain_args, initial_shift=config.modulate_history, n_steps=n_path,
+                n_lags=lags,
+            )
+            prior_z = dist.MultivariateNormal(
+                pop_loc[u, time_index], scale_tril=jnp.linalg.cholesky(pop_cov)[u, time_index])
+        else:
+            prior_z = population_marginal(loc, comp_scale, u, time_index)
     z_inv = None
     with _scaled(n_batch, n_cells), numpyro.plate("cells", n_batch, dim=-1):
         if k_inv:

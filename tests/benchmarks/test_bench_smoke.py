@@ -311,3 +311,37 @@ def test_caring_constant_noise_reaches_the_caring_generator(recovery_dynamical, 
     assert not np.array_equal(seen[0].x, seen[1].x)
     with pytest.raises(SystemExit):
         recovery_dynamical.main(["--caring-constant-noise"])
+
+
+def test_leap_linear_dynamics_and_the_stationary_snapshot_control(recovery_dynamical, capsys,
+                                                                  monkeypatch):
+    """``--leap-dynamics linear`` draws ``leap_nonstationary(dynamics="linear")`` (refused
+    for another generator); ``--snapshot-control stationary`` fits snapshot mode with one
+    domain for every cell, beside the true labels (toy fit)."""
+    from causalzoo.identifiability.generators import leap_nonstationary
+
+    domains = []
+    setup = recovery_dynamical.cz.DynamicalCausalVAE.setup_anndata
+
+    def recording(adata, **kwargs):
+        domains.append(sorted(set(adata.obs["domain"])))
+        return setup(adata, **kwargs)
+
+    monkeypatch.setattr(recovery_dynamical.cz.DynamicalCausalVAE, "setup_anndata", recording)
+    toy = ["--leap-dynamics", "linear", "--snapshot", "--no-sequence", "--latents", "2",
+           "--domains", "3", "--per-domain", "6", "--n-steps", "4", "--lags", "1",
+           "--steps", "3", "--batch-size", "4", "--hidden", "8", "--particles", "4",
+           "--transition", "linear", "--seed", "3"]
+    recovery_dynamical.main([*toy, "--snapshot-control", "stationary"])
+    out = capsys.readouterr().out
+    assert "\nsnapshot | " in out and "\nsnapshot-stationary | " in out
+    assert domains == [["0", "1", "2"], ["0"]]
+    args = argparse.Namespace(
+        generator="leap", domains=3, per_domain=6, latents=2, lags=1, n_steps=4,
+        noise_scale=0.1, self_lags_only=False, leap_dynamics="linear", seed=3,
+        noise="gaussian")
+    expected = leap_nonstationary(n_domains=3, n_per_domain=6, n_latent=2, n_lags=1,
+                                  n_steps=4, dynamics="linear", seed=3)
+    np.testing.assert_array_equal(recovery_dynamical.make_data(args).x, expected.x)
+    with pytest.raises(SystemExit):
+        recovery_dynamical.main(["--leap-dynamics", "linear", "--generator", "tdrl"])

@@ -39,7 +39,8 @@ def test_staged_init_hands_the_ivae_networks_to_the_snapshot_model(recovery_dyna
     rd = recovery_dynamical
     args = argparse.Namespace(
         generator="leap", domains=3, per_domain=60, latents=2, lags=1, n_steps=4,
-        noise_scale=1.0, seed=0, noise="gaussian", min_step=0, self_lags_only=False)
+        noise_scale=1.0, seed=0, noise="gaussian", min_step=0, self_lags_only=False,
+        leap_dynamics="leaky_relu")
     _, snap, scale = rd.snapshot_data(args)
     obs = pd.DataFrame({"step": snap.step, "domain": snap.u.astype(str)},
                        index=[f"c{i}" for i in range(len(snap.step))])

@@ -172,6 +172,30 @@ def test_leap_default_draw_is_unchanged():
     assert data.info["self_lags_only"] is False
 
 
+def test_leap_linear_dynamics_is_a_gaussian_var_with_the_same_draw():
+    """``dynamics="linear"``: every step after the history is the lagged linear drive plus
+    Gaussian noise of the domain's scale (no leaky ReLU); lag matrices, modulations,
+    history and mixing are the default draw's."""
+    kwargs = dict(n_domains=3, n_per_domain=3000, n_latent=3, n_steps=5, seed=5)
+    default, linear = leap_nonstationary(**kwargs), leap_nonstationary(dynamics="linear",
+                                                                       **kwargs)
+    assert linear.info["dynamics"] == "linear" and default.info["dynamics"] == "leaky_relu"
+    for field in ("u", "noise_scale", "transition", "graph"):
+        np.testing.assert_array_equal(getattr(linear, field), getattr(default, field))
+    np.testing.assert_array_equal(linear.z[:, :2], default.z[:, :2])
+    z, b = linear.z.astype(np.float64), linear.transition[0].astype(np.float64)
+    eps = np.stack([z[:, t] - z[:, t - 1] @ b[0] - z[:, t - 2] @ b[1] for t in range(2, 5)])
+    for u in range(3):
+        e = eps[:, linear.u == u].reshape(-1, 3)
+        np.testing.assert_allclose(e.std(axis=0), linear.noise_scale[u], rtol=0.05)
+        kurtosis = ((e - e.mean(0)) ** 4).mean(0) / e.var(0) ** 2
+        np.testing.assert_allclose(kurtosis, 3.0, atol=0.3)  # Gaussian within a domain
+    np.testing.assert_allclose(linear.x, linear.observe(linear.z), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(linear.z[:, 2:], default.z[:, 2:])
+    with pytest.raises(CausalZooError, match="not a LEAP transition"):
+        leap_nonstationary(dynamics="relu")
+
+
 def test_leap_self_lags_only_gives_independent_latent_processes():
     """Diagonal lag matrices: each latent's only lagged parent is its own past, so within a
     domain the latents at any step are independent (the iVAE setting a snapshot keeps); the

@@ -8,6 +8,7 @@ import anndata
 import jax
 import jax.numpy as jnp
 import numpy as np
+import numpyro.distributions as dist
 import pandas as pd
 import pytest
 from numpyro import handlers
@@ -20,6 +21,8 @@ from causalzoo.data.validation import check_time_column
 from causalzoo.models.dynamical import DynamicalConfig
 from causalzoo.models.dynamical_snapshot import (
     FlowParticleMixture,
+    exact_population,
+    population_gaussian,
     population_marginal,
     population_particles,
     quadrature_noise,
@@ -196,6 +199,95 @@ def test_population_marginal_is_the_particle_mixture():
     for n in range(2):
         comps = jax.scipy.stats.norm.logpdf(z[n], loc[u[n], :, t[n]], 0.5).sum(-1)
         np.testing.assert_allclose(got[n], jax.nn.logsumexp(comps) - np.log(8), rtol=1e-5)
+
+
+def _companion_moments(weights, shift, scale, initial_loc, initial_scale, n_steps):
+    """Mean and covariance of z_s by the companion form of a 2-lag VAR, in NumPy: the
+    stacked state [z_t, z_{t-1}] moves by F = [[W1, W2], [I, 0]] plus noise on its top."""
+    k = shift.size
+    f = np.block([[weights[:, 0], weights[:, 1]], [np.eye(k), np.zeros((k, k))]])
+    mean = np.concatenate([initial_loc, initial_loc])
+    cov = np.diag(np.concatenate([initial_scale, initial_scale]) ** 2)
+    q = np.zeros((2 * k, 2 * k))
+    q[:k, :k] = np.diag(scale**2)
+    out = [(initial_loc, np.diag(initial_scale**2))] * 2
+    for _ in range(n_steps - 2):
+        mean = f @ mean + np.concatenate([shift, np.zeros(k)])
+        cov = f @ cov @ f.T + q
+        out.append((mean[:k], cov[:k, :k]))
+    return out
+
+
+def test_linear_population_law_is_exact():
+    """Linear mechanisms: the population law of each (domain, step) is the Gaussian of the
+    VAR's moments (companion form, computed independently), and 200,000 particle paths
+    agree with it up to Monte Carlo error."""
+    rng = np.random.default_rng(0)
+    k, n_dom, n_steps = 3, 2, 6
+    weights = rng.normal(size=(k, 2, k)) * 0.4  # [child, lag, parent]
+    shift = rng.normal(size=(n_dom, k))
+    scale = rng.uniform(0.2, 1.0, (n_dom, k))
+    initial = rng.uniform(0.5, 1.5, (n_dom, k))
+
+    def mean_fn(window):
+        return jnp.einsum("...lj,ilj->...i", window, jnp.asarray(weights))
+
+    args = tuple(jnp.asarray(a) for a in (shift, scale, initial))
+    loc, cov = population_gaussian(mean_fn, *args, initial_shift=True, n_steps=n_steps,
+                                   n_lags=2)
+    assert loc.shape == (n_dom, n_steps, k) and cov.shape == (n_dom, n_steps, k, k)
+    for d in range(n_dom):
+        moments = _companion_moments(weights, shift[d], scale[d], shift[d], initial[d],
+                                     n_steps)
+        for s, (mean, covariance) in enumerate(moments):
+            np.testing.assert_allclose(loc[d, s], mean, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(cov[d, s], covariance, rtol=1e-4, atol=1e-5)
+    noise = quadrature_noise(200_000, n_steps, k)
+    particle_loc, comp_scale = population_particles(
+        mean_fn, *args, initial_shift=True, n_steps=n_steps, n_lags=2, noise=noise)
+    paths = np.asarray(particle_loc + comp_scale[:, None] * noise)
+    np.testing.assert_allclose(paths.mean(1), loc, atol=0.02)
+    centred = paths - paths.mean(1, keepdims=True)
+    empirical = np.einsum("dpsi,dpsj->dsij", centred, centred) / paths.shape[1]
+    np.testing.assert_allclose(empirical, cov, atol=0.03)
+
+
+def test_linear_snapshot_prior_is_the_exact_gaussian():
+    """With linear mechanisms under the Gaussian prior each cell's prior is the population's
+    multivariate normal (no particles: its density does not change with ``n_particles``);
+    with MLP mechanisms it stays the particle mixture."""
+    config = DynamicalConfig(n_latent=2, n_lags=2, n_hidden=8, n_layers=1,
+                             transition="linear")
+    assert exact_population(config) and not exact_population(CFG)
+    assert not exact_population(DynamicalConfig(transition="linear", prior="flow"))
+    weights = jnp.array([[[0.5, 0.2], [0.1, 0.0]], [[-0.3, 0.4], [0.0, 0.2]]])
+    draws = {"target": jnp.ones((2, 2)), "mean_shift": jnp.array([[0.0, 0.0], [1.0, -1.0]]),
+             "log_scale_shift": jnp.array([[0.0, 0.0], [0.5, -0.5]]),
+             "lag_graph": jnp.ones((2, 2, 2))}
+    kwargs = dict(u=jnp.array([0, 1, 1, 0]), time_index=jnp.array([0, 2, 3, 3]),
+                  n_features=G, n_times=4, n_domains=2, control_domain=0, config=config)
+    z = jnp.array([[0.1, -0.2], [1.0, 0.5], [-0.3, 0.8], [0.0, 0.0]])
+
+    def prior(n_particles):
+        model = handlers.substitute(handlers.condition(snapshot_model, {**draws, "z": z}),
+                                    {"transition_weights": weights})
+        tr = handlers.trace(handlers.seed(model, 0)).get_trace(n_particles=n_particles,
+                                                              **kwargs)
+        return tr["z"]["fn"]
+
+    fn = prior(8)
+    assert isinstance(fn, dist.MultivariateNormal)
+    np.testing.assert_allclose(fn.log_prob(z), prior(64).log_prob(z), rtol=1e-6)
+    # domain 1 (shifted: mean +1 / -1, noise sd e^0.5 / e^-0.5; history N(0, I)), step 3
+    moments = _companion_moments(np.asarray(weights), np.array([1.0, -1.0]),
+                                 np.exp([0.5, -0.5]), np.zeros(2), np.ones(2), 4)
+    np.testing.assert_allclose(fn.loc[2], moments[3][0], rtol=1e-5)
+    np.testing.assert_allclose(fn.covariance_matrix[2], moments[3][1], rtol=1e-5)
+    expected = jax.scipy.stats.multivariate_normal.logpdf(z[2], moments[3][0], moments[3][1])
+    np.testing.assert_allclose(fn.log_prob(z)[2], expected, rtol=1e-5)
+    mlp = handlers.trace(handlers.seed(snapshot_model, 0)).get_trace(u=U, time_index=TIME,
+                                                                     n_features=G, **KW)
+    assert isinstance(mlp["z"]["fn"], dist.MixtureSameFamily)
 
 
 def test_control_domain_has_no_shift():

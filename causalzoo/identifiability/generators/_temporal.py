@@ -188,6 +188,13 @@ def _lag_matrices(rng: np.random.Generator, d: int, n_lags: int, density: float,
     return w * (0.9 / norms)
 
 
+def _check_dynamics(dynamics, name: str) -> None:
+    if dynamics not in ("leaky_relu", "linear"):
+        raise CausalZooError(
+            f"dynamics={dynamics!r} is not a {name} transition; use 'leaky_relu' or 'linear'."
+        )
+
+
 def domain_noise_scales(seed: int, n_domains: int, d: int, noise: float,
                         vary: bool) -> np.ndarray:
     """Transition noise sd per domain and latent, ``(n_domains, d)``: ``noise`` everywhere,
@@ -210,6 +217,7 @@ def leap_nonstationary(
     noise_scale: float = 0.1,
     n_mixing_layers: int = 2,
     self_lags_only: bool = False,
+    dynamics: str = "leaky_relu",
     seed: int = 0,
 ) -> TemporalData:
     """LEAP's non-stationary-noise process (``nonlinear_gau_cins``), seeded.
@@ -224,7 +232,9 @@ def leap_nonstationary(
        ``eps_{t,i} ~ N(0, (noise_scale * m_{u,i})^2)``: the noise distribution changes with
        the domain, which is the source of identifiability;
     3. history ``z_{0..L-1} ~ N(0, I)``; then
-       ``z_t = leaky_relu(sum_l leaky_relu(z_{t-l} B_l) + eps_t)`` (slope 0.2);
+       ``z_t = leaky_relu(sum_l leaky_relu(z_{t-l} B_l) + eps_t)`` (slope 0.2;
+       ``dynamics="linear"``: ``z_t = sum_l z_{t-l} B_l + eps_t``, a Gaussian vector
+       autoregression);
     4. ``x_t = MLP(z_t)``: ``h <- leaky_relu(h) A_k`` for ``n_mixing_layers`` Haar-orthogonal
        ``A_k``, a bijection of ``R^d`` (``n_features = n_latent``), no observation noise.
 
@@ -262,13 +272,21 @@ def leap_nonstationary(
         measured"). The random draws are the same as without it, so modulation, mixing,
         history and noise are those of the default draw with the same seed; ``graph`` is
         the diagonal graph.
+    dynamics : {"leaky_relu", "linear"}
+        LEAP's leaky-ReLU transition (default) or the linear one (the same draw otherwise:
+        lag matrices, modulations, history, noise and mixing are identical). With linear
+        dynamics every step's population law given the domain is Gaussian, which is what
+        snapshot mode can compute exactly (``transition="linear"``,
+        :mod:`causalzoo.models.dynamical_snapshot`); the domains' noise scales still
+        identify the latents (a Gaussian with variances that change across domains, as in
+        the iVAE).
     seed : int
 
     Returns
     -------
     TemporalData
         ``u`` is the domain of each sequence; ``info["modulation"]`` is ``m`` (domains x d);
-        ``info["self_lags_only"]`` the option.
+        ``info["self_lags_only"]`` and ``info["dynamics"]`` the options.
 
     Examples
     --------
@@ -286,6 +304,7 @@ def leap_nonstationary(
     layers = _check_int("n_mixing_layers", n_mixing_layers, 1)
     self_lags_only = check_bool("self_lags_only", self_lags_only,
                                 meaning="diagonal lag matrices or LEAP's sparse ones")
+    _check_dynamics(dynamics, "LEAP")
     seed = _check_int("seed", seed, 0)
     rng = np.random.default_rng(seed)
 
@@ -298,8 +317,12 @@ def leap_nonstationary(
     z = np.zeros((u.size, steps, d))
     z[:, :lags] = rng.normal(size=(u.size, lags, d))
     for t in range(lags, steps):
-        drive = sum(leaky_relu(z[:, t - lag - 1] @ b[lag]) for lag in range(lags))
-        z[:, t] = leaky_relu(drive + rng.normal(size=(u.size, d)) * scale)
+        if dynamics == "linear":
+            drive = sum(z[:, t - lag - 1] @ b[lag] for lag in range(lags))
+            z[:, t] = drive + rng.normal(size=(u.size, d)) * scale
+        else:
+            drive = sum(leaky_relu(z[:, t - lag - 1] @ b[lag]) for lag in range(lags))
+            z[:, t] = leaky_relu(drive + rng.normal(size=(u.size, d)) * scale)
     x = apply_mlp(z, mixing)
     f32 = np.float32
     return TemporalData(
@@ -307,7 +330,7 @@ def leap_nonstationary(
         transition=np.broadcast_to(b, (n_dom, *b.shape)).astype(f32),
         noise_scale=sigma.astype(f32), n_lags=lags, name="leap_nonstationary", seed=seed,
         mixing=mixing, info={"modulation": modulation.astype(f32),
-                             "self_lags_only": bool(self_lags_only)},
+                             "self_lags_only": bool(self_lags_only), "dynamics": dynamics},
     )
 
 
@@ -415,10 +438,7 @@ def tdrl_changing(
         )
     noise = _check_float("noise_scale", noise_scale, 0.0, low_open=True)
     layers = _check_int("n_mixing_layers", n_mixing_layers, 1)
-    if dynamics not in ("leaky_relu", "linear"):
-        raise CausalZooError(
-            f"dynamics={dynamics!r} is not a TDRL transition; use 'leaky_relu' or 'linear'."
-        )
+    _check_dynamics(dynamics, "TDRL")
     noise_change = check_bool("noise_change", noise_change,
                               meaning="whether the domains change the noise scales")
     seed = _check_int("seed", seed, 0)
