@@ -125,14 +125,11 @@ def with_noise(data, noise: str, seed: int):
     linear = data.info.get("dynamics") == "linear"  # dynamics="linear" (LEAP or TDRL)
     for t in range(lags, z.shape[1]):
         eps = rng.laplace(0.0, 1.0 / np.sqrt(2.0), size=sigma.shape) * sigma
-        if data.name == "leap_nonstationary":
+        if data.name == "leap_nonstationary" and not linear:
             b = data.transition[0]
-            if linear:
-                z[:, t] = sum(z[:, t - lag - 1] @ b[lag] for lag in range(lags)) + eps
-            else:
-                drive = sum(_leaky_relu(z[:, t - lag - 1] @ b[lag]) for lag in range(lags))
-                z[:, t] = _leaky_relu(drive + eps)
-        else:  # tdrl_changing, with its leaky-ReLU or linear transition
+            drive = sum(_leaky_relu(z[:, t - lag - 1] @ b[lag]) for lag in range(lags))
+            z[:, t] = _leaky_relu(drive + eps)
+        else:  # tdrl_changing, or either generator's linear transition
             drive = np.einsum("nli,nlij->nj", z[:, t - lags:t][:, ::-1], data.transition[u])
             z[:, t] = (drive if linear else _leaky_relu(drive)) + eps
     return dataclasses.replace(data, z=z.astype(np.float32),
