@@ -195,7 +195,7 @@ def _fit(model, args, fit_seed=None):
     fit_seed = args.fit_seed if fit_seed is None else fit_seed
     model.fit(max_steps=args.steps, batch_size=args.batch_size, seed=fit_seed,
               learning_rate=args.lr, schedule=args.schedule,
-              log_scale_shift_rate=args.log_scale_shift_rate, progress=False)
+              log_scale_shift_rate=args.log_scale_shift_rate, progress=args.progress)
 
 
 def _r2(z, z_hat) -> dict:
@@ -540,7 +540,8 @@ def run_oracle(args) -> list[dict]:
     return rows
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (``benchmarks/published_sizes.py`` builds its fits from it too)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latents", type=int, default=3)
     parser.add_argument("--domains", type=int, default=20)
@@ -662,6 +663,15 @@ def main(argv=None):
                         help="fit only the transition prior to the true latents and to "
                         "random rotations of them (true and shuffled labels): does the "
                         "model's prior family prefer the truth?")
+    parser.add_argument("--progress", action="store_true",
+                        help="show each fit's progress bar")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The arguments of ``argv``, refused (``SystemExit`` with a message) where they do not
+    go together."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.restarts < 1 or (args.restarts > 1 and args.oracle):
         parser.error("--restarts must be >= 1, and 1 with --oracle")
@@ -688,6 +698,11 @@ def main(argv=None):
             args.oracle or args.snapshot or args.noise != "gaussian"):
         parser.error(f"--generator {args.generator} runs sequence mode with its own noise: "
                      "not with --oracle, --snapshot or --noise")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     print(f"device: {jax.devices()[0].platform}; {vars(args)}")
     if args.oracle:
         rows = run_oracle(args)
