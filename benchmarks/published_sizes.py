@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import hashlib
 import json
 import subprocess
@@ -125,7 +126,9 @@ def device_name() -> str:
     return jax.devices()[0].platform
 
 
+@functools.cache
 def _commit() -> str:
+    """The checkout's commit when the run started (read once: the code already loaded)."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, cwd=Path(__file__).parent, check=True).stdout.strip()
@@ -252,6 +255,7 @@ def main(argv=None) -> None:
     print(f"device: {jax.devices()[0]}; {len(plan) - len(todo)} of {len(plan)} fits already "
           f"recorded in {records_path}; {len(todo)} to run", flush=True)
     progress = args.progress or sys.stderr.isatty()
+    _commit()
     start = time.perf_counter()
     for k, (setting, seed, arm) in enumerate(todo, 1):
         elapsed = (time.perf_counter() - start) / 60
