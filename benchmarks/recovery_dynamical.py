@@ -47,7 +47,8 @@ its transition without the leaky ReLU (a sparse VAR whose domains change lag-1 w
 gives each change a sparse prior, ``weight_shift_prior=...``). ``--generator caring`` draws
 CaRiNG's non-invertible process (``--domains`` above 1 changes its noise scales across
 domains, ``caring(n_domains=...)``; ``--encoder-context`` widens the encoder's window;
-``--caring-constant-noise`` draws it with constant noise, ``caring(noise_coupled=False)``).
+``--caring-constant-noise`` draws it with constant noise, ``caring(noise_coupled=False)``;
+``--encoder recurrent`` reads each whole sequence with a bidirectional GRU instead).
 ``--generator citris`` draws ``generators.citris_temporal`` (``--domains x --per-domain``
 sequences, ``2 * --latents`` features, one lagged parent each): its observed intervention
 targets reach the model as labels per step, the code of each step's intervention set
@@ -175,7 +176,7 @@ def _config(args) -> dict:
             "log_scale_shift_scale": args.log_scale_shift_scale,
             "shift_scale": args.shift_scale, "noise_modulation": args.noise_modulation,
             "posterior": args.posterior, "observation_scale": args.observation_scale,
-            "encoder_context": args.encoder_context,
+            "encoder_context": args.encoder_context, "encoder": args.encoder,
             "weight_shift_scale": args.weight_shift_scale,
             "weight_shift_prior": args.weight_shift_prior}
 
@@ -619,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "too, noise_scale x U(0, 1) (noise_change=True)")
     parser.add_argument("--encoder-context", type=int, default=0,
                         help="steps before and after each step that its encoder reads")
+    parser.add_argument("--encoder", default="step", choices=["step", "recurrent"],
+                        help="the amortised encoder: an MLP per step (with --encoder-context "
+                        "its window) or a bidirectional GRU over the sequence")
     parser.add_argument("--caring-constant-noise", action="store_true",
                         help="CaRiNG generator: constant transition noise (noise_coupled=False;"
                         " not identifiable, the negative control of the coupled noise)")

@@ -18,8 +18,8 @@ import numpyro
 from flax import nnx
 from numpyro.contrib.module import nnx_module
 
-__all__ = ["MLP", "GaussianEncoder", "attach", "default_factory", "network_rngs",
-           "scale_tril"]
+__all__ = ["MLP", "GaussianEncoder", "RecurrentEncoder", "attach", "default_factory",
+           "network_rngs", "recurrent_factory", "scale_tril"]
 
 _ACTIVATIONS: dict[str, Callable] = {
     "relu": jax.nn.relu,
@@ -102,6 +102,71 @@ class GaussianEncoder(nnx.Module):
         return loc, jax.nn.softplus(raw) + 1e-4
 
 
+class RecurrentEncoder(nnx.Module):
+    """A bidirectional GRU over the steps of a sequence, then a per-step MLP head.
+
+    ``x (..., n_steps, in_features) -> (..., n_steps, out_features)``: each step is
+    embedded (a linear layer and the activation), a forward and a backward GRU (hidden width
+    ``n_hidden``, PyTorch's gate convention) run over the steps, and the head (an
+    :class:`MLP` with ``n_layers`` hidden layers) maps each step's embedding and both
+    states to its output. So the output at step ``t`` depends on every step of the
+    sequence, before and after ``t``.
+
+    Examples
+    --------
+    >>> from flax import nnx
+    >>> net = RecurrentEncoder(3, 2, n_hidden=8, n_layers=1, rngs=nnx.Rngs(0))
+    >>> net(jnp.ones((4, 5, 3))).shape
+    (4, 5, 2)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        n_hidden: int = 128,
+        n_layers: int = 2,
+        rngs: nnx.Rngs,
+        activation: str = "relu",
+    ):
+        h = n_hidden
+        self.n_hidden = h
+        self.embed = nnx.Linear(in_features, h, rngs=rngs)
+        self.forward_input = nnx.Linear(h, 3 * h, rngs=rngs)
+        self.forward_state = nnx.Linear(h, 3 * h, rngs=rngs)
+        self.backward_input = nnx.Linear(h, 3 * h, rngs=rngs)
+        self.backward_state = nnx.Linear(h, 3 * h, rngs=rngs)
+        self.head = MLP(3 * h, out_features, n_hidden=h, n_layers=n_layers, rngs=rngs,
+                        activation=activation)
+        self.activation = _ACTIVATIONS[activation]
+
+    def _gru(self, inputs, state_layer, reverse: bool):
+        """The GRU's states ``(n_steps, ..., n_hidden)`` over time-major ``inputs``, the
+        input projections of every step ``(n_steps, ..., 3 n_hidden)``."""
+        h = self.n_hidden
+        kernel, bias = state_layer.kernel[...], state_layer.bias[...]
+
+        def step(state, projected):
+            hidden = state @ kernel + bias
+            reset = jax.nn.sigmoid(projected[..., :h] + hidden[..., :h])
+            update = jax.nn.sigmoid(projected[..., h:2 * h] + hidden[..., h:2 * h])
+            candidate = jnp.tanh(projected[..., 2 * h:] + reset * hidden[..., 2 * h:])
+            state = (1.0 - update) * candidate + update * state
+            return state, state
+
+        initial = jnp.zeros(inputs.shape[1:-1] + (h,), inputs.dtype)
+        return jax.lax.scan(step, initial, inputs, reverse=reverse)[1]
+
+    def __call__(self, x):
+        embedded = self.activation(self.embed(x))
+        steps_first = jnp.moveaxis(embedded, -2, 0)
+        forward = self._gru(self.forward_input(steps_first), self.forward_state, False)
+        backward = self._gru(self.backward_input(steps_first), self.backward_state, True)
+        states = jnp.moveaxis(jnp.concatenate([forward, backward], axis=-1), 0, -2)
+        return self.head(jnp.concatenate([embedded, states], axis=-1))
+
+
 def network_rngs() -> nnx.Rngs:
     """Random streams for building a network inside a model or guide.
 
@@ -158,3 +223,13 @@ def scale_tril(diagonal, lower=None):
         rows, cols = jnp.tril_indices(k, -1)
         tril = tril.at[..., rows, cols].set(lower)
     return tril
+
+
+def recurrent_factory(n_hidden: int, n_layers: int, activation: str = "relu") -> NetworkFactory:
+    """A factory of :class:`RecurrentEncoder` networks with the given width and head depth."""
+
+    def factory(in_features: int, out_features: int, *, rngs: nnx.Rngs) -> nnx.Module:
+        return RecurrentEncoder(in_features, out_features, n_hidden=n_hidden,
+                                n_layers=n_layers, rngs=rngs, activation=activation)
+
+    return factory

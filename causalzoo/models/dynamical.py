@@ -89,7 +89,7 @@ from numpyro import handlers
 
 from .._errors import CausalZooError, check_bool, check_int
 from ..blocks.likelihoods import Likelihood, get_likelihood
-from ..blocks.nn import attach, default_factory, scale_tril
+from ..blocks.nn import attach, default_factory, recurrent_factory, scale_tril
 from ..blocks.priors import StraightThroughBernoulli
 from ..blocks.transitions import (
     FLOW_BASES,
@@ -117,6 +117,7 @@ NETWORK_NAMES = ("decoder", "encoder", "encoder_invariant", "transition")
 TRANSITIONS = ("mlp", "linear")
 NOISE_MODULATIONS = ("targets", "all")
 POSTERIORS = ("diagonal", "full")
+ENCODERS = ("step", "recurrent")
 _WEIGHT_SHIFT_DISTRIBUTIONS = {"normal": dist.Normal, "laplace": dist.Laplace,
                                 "cauchy": dist.Cauchy}
 WEIGHT_SHIFT_PRIORS = tuple(_WEIGHT_SHIFT_DISTRIBUTIONS)
@@ -216,6 +217,15 @@ class DynamicalConfig:
         its ends) instead of ``x_t`` alone. Needed when ``x_t`` does not determine ``z_t``
         (a non-invertible observation map, as in CaRiNG, where later and earlier steps
         reveal the unobserved latents). Snapshot mode sees each cell once and refuses it.
+    encoder : {"step", "recurrent"}
+        Sequence mode: the amortised network of ``q(z_t | x)``. ``"step"`` (default): an MLP
+        per step, reading ``x_t`` (or the window of ``encoder_context``); ``"recurrent"``:
+        a bidirectional GRU over the whole sequence and a per-step head
+        (:class:`causalzoo.blocks.nn.RecurrentEncoder`), so ``q(z_t | x_{1:T})`` reads
+        every step before and after ``t``, as LEAP's and TDRL's sequence encoders do. A
+        custom ``networks["encoder"]`` module gets the ``(units, steps, features)`` array
+        either way. ``encoder_context`` is for the step encoder only; snapshot mode sees
+        each cell once and refuses ``"recurrent"``.
     activation : str
         Hidden activation of the MLPs.
     networks : mapping, optional
@@ -247,6 +257,7 @@ class DynamicalConfig:
     posterior: str = "diagonal"
     observation_scale: float | None = None
     encoder_context: int = 0
+    encoder: str = "step"
     activation: str = "leaky_relu"
     networks: Mapping[str, Callable] | None = field(default=None, compare=False)
 
@@ -330,6 +341,17 @@ class DynamicalConfig:
                 "scale does not depend on the history, and transition='mlp' under the flow "
                 "prior learns a history-dependent scale already."
             )
+        if self.encoder not in ENCODERS:
+            raise CausalZooError(
+                f"encoder={self.encoder!r}: use one of {list(ENCODERS)} ('step': an MLP per "
+                "step; 'recurrent': a bidirectional GRU over the sequence)."
+            )
+        if self.encoder == "recurrent" and self.encoder_context:
+            raise CausalZooError(
+                f"encoder_context={self.encoder_context} widens the step encoder's window; "
+                "encoder='recurrent' reads the whole sequence already: leave "
+                "encoder_context 0."
+            )
         unknown = set(self.networks or {}) - set(NETWORK_NAMES)
         if unknown:
             raise CausalZooError(
@@ -345,7 +367,11 @@ class DynamicalConfig:
     def network(self, name: str) -> Callable:
         """The factory ``(in_features, out_features, *, rngs) -> nnx.Module`` of a network."""
         custom = (self.networks or {}).get(name)
-        return custom or default_factory(self.n_hidden, self.n_layers, self.activation)
+        if custom:
+            return custom
+        if name == "encoder" and self.encoder == "recurrent":
+            return recurrent_factory(self.n_hidden, self.n_layers, self.activation)
+        return default_factory(self.n_hidden, self.n_layers, self.activation)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict; custom likelihood instances or networks cannot be saved."""

@@ -516,6 +516,11 @@ def snapshot_guide(
             f"encoder_context={config.encoder_context} reads neighbouring steps of a "
             "sequence, but snapshot mode sees each cell once: leave it 0."
         )
+    if config.encoder != "step":
+        raise CausalZooError(
+            f"encoder={config.encoder!r} reads a whole sequence, but snapshot mode sees "
+            "each cell once: leave encoder='step'."
+        )
     _refuse_weight_shift(config)
     n_batch, n_features = _checked(x, u, time_index, n_features, n_times, n_domains)
     global_guide(n_domains, config=config)

@@ -386,6 +386,35 @@ def test_registered_spec():
     assert "component-wise" in spec.identifiability
 
 
+def test_recurrent_encoder_reads_the_whole_sequence(prior_trace):
+    """encoder="recurrent": q(z_t | x) depends on the steps before and after t (the step
+    encoder on x_t alone), not on other units; a full-covariance factor per step, the
+    same site shape and plates as the step encoder, and a finite model density under it."""
+    x = prior_trace["x"]["value"]
+    recurrent = DynamicalConfig(**{**CFG.to_dict(), "encoder": "recurrent"})
+
+    def loc(config, x):
+        tr = seeded_trace(dynamical_guide, x=x, u=U, config=config, n_domains=D)
+        return np.asarray(tr["z"]["fn"].mean)
+
+    base = loc(recurrent, x)
+    last, first, other = x.at[:, T - 1].add(1.0), x.at[:, 0].add(1.0), x.at[1:].add(1.0)
+    assert np.abs(loc(recurrent, last)[:, 0] - base[:, 0]).min() > 1e-4  # a later step
+    assert np.abs(loc(recurrent, first)[:, T - 1] - base[:, T - 1]).min() > 1e-4  # earlier
+    np.testing.assert_array_equal(loc(recurrent, other)[0], base[0])  # units apart
+    np.testing.assert_allclose(loc(CFG, last)[:, 0], loc(CFG, x)[:, 0])
+    full = DynamicalConfig(**{**recurrent.to_dict(), "posterior": "full"})
+    gtr = seeded_trace(dynamical_guide, x=x, u=U, config=full, n_domains=D)
+    site = gtr["z"]
+    assert site["value"].shape == (N, T, K) and _frames(site) == {("units", -1)}
+    assert site["fn"].base_dist.scale_tril.shape == (N, T, K, K)
+    assert "encoder$params" in gtr and "forward_state" in gtr["encoder$params"]["value"]
+    model_tr = handlers.trace(handlers.substitute(
+        handlers.seed(dynamical_model, 1), data={"z": site["value"]})).get_trace(
+        x=x, u=U, config=full, n_domains=D)
+    assert np.isfinite(float(model_tr["z"]["fn"].log_prob(site["value"]).sum()))
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -400,6 +429,8 @@ def test_registered_spec():
         (dict(noise_modulation="some"), "noise_modulation='some'"),
         (dict(posterior="low-rank"), "posterior='low-rank'"),
         (dict(encoder_context=-1), "encoder_context"),
+        (dict(encoder="gru"), "encoder='gru'"),
+        (dict(encoder="recurrent", encoder_context=1), "reads the whole sequence already"),
         (dict(observation_scale=0.0), "observation_scale"),
         (dict(observation_scale=True), "observation_scale"),
         (dict(observation_scale=0.1, likelihood="nb"), "does not apply"),
@@ -421,6 +452,9 @@ def test_config_round_trip():
     # ... and one saved before noise_modulation existed keeps the gated noise shifts
     old = {k: v for k, v in CFG.to_dict().items() if k != "noise_modulation"}
     assert DynamicalConfig.from_dict(old).noise_modulation == "targets"
+    # ... and one saved before the recurrent encoder existed keeps the step encoder
+    old = {k: v for k, v in CFG.to_dict().items() if k != "encoder"}
+    assert DynamicalConfig.from_dict(old).encoder == "step"
     with pytest.raises(CausalZooError, match="unknown fields"):
         DynamicalConfig.from_dict({**CFG.to_dict(), "bogus": 1})
 

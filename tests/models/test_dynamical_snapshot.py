@@ -489,11 +489,12 @@ def test_full_posterior_in_snapshot_mode(tmp_path):
     assert cz.load(tmp_path / "full_snap").config.posterior == "full"
 
 
-def test_encoder_context_is_refused_in_snapshot_mode():
+@pytest.mark.parametrize("option", [{"encoder_context": 1}, {"encoder": "recurrent"}])
+def test_sequence_encoders_are_refused_in_snapshot_mode(option):
     x, obs = make_time_course()
     a = _adata(x, obs)
     cz.DynamicalCausalVAE.setup_anndata(a, time_key="hours", perturbation_key="pert",
                                         control="A")
-    m = cz.DynamicalCausalVAE(a, **SMALL, encoder_context=1)
+    m = cz.DynamicalCausalVAE(a, **SMALL, **option)
     with pytest.raises(CausalZooError, match="snapshot mode sees each cell once"):
         m.fit(max_steps=2, batch_size=50, progress=False)
