@@ -63,23 +63,20 @@ _COMMON = ["--steps", "20000", "--batch-size", "256", "--schedule", "cosine",
            "--fit-seed", "0"]
 _DOMAINS = ["--noise-modulation", "all", "--log-scale-shift-rate", "global"]
 
+
+
+def _leap(noise: str) -> list[str]:
+    """LEAP's NP setting at generator noise ``noise``."""
+    return ["--generator", "leap", "--latents", "8", "--domains", "20", "--per-domain",
+            "7500", "--lags", "2", "--n-steps", "6", "--noise-scale", noise, "--transition",
+            "mlp", *_DOMAINS]
+
+
 SETTINGS = {
-    "leap": {
-        "title": "LEAP, NP d=8, noise 0.1",
-        "published": 0.971,
-        "flags": ["--generator", "leap", "--latents", "8", "--domains", "20",
-                  "--per-domain", "7500", "--lags", "2", "--n-steps", "6",
-                  "--noise-scale", "0.1", "--transition", "mlp", *_DOMAINS],
-        "control": ("stationary", []),
-    },
-    "leap-noise1": {
-        "title": "LEAP, NP d=8, noise 1.0",
-        "published": None,
-        "flags": ["--generator", "leap", "--latents", "8", "--domains", "20",
-                  "--per-domain", "7500", "--lags", "2", "--n-steps", "6",
-                  "--noise-scale", "1.0", "--transition", "mlp", *_DOMAINS],
-        "control": ("stationary", []),
-    },
+    "leap": {"title": "LEAP, NP d=8, noise 0.1", "published": 0.971, "flags": _leap("0.1"),
+             "control": ("stationary", [])},
+    "leap-noise1": {"title": "LEAP, NP d=8, noise 1.0", "published": None,
+                    "flags": _leap("1.0"), "control": ("stationary", [])},
     "tdrl": {
         "title": "TDRL, changing mechanisms, d=8",
         "published": 0.95,
