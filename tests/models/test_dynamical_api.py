@@ -239,11 +239,11 @@ def test_recurrent_encoder_fits_embeds_predicts_converts_and_round_trips(tmp_pat
     x, u = make_sequences()
     kwargs = dict(x=x, u=u, **SMALL, encoder="recurrent", posterior="full")
     m = cz.DynamicalCausalVAE.from_arrays(**kwargs)
-    m.fit(max_steps=120, batch_size=32, learning_rate=1e-2, progress=False)
+    m.fit(max_steps=60, batch_size=32, learning_rate=1e-2, progress=False)
     loss = m.history["loss"]
     assert np.isfinite(loss).all() and loss[-10:].mean() < loss[:10].mean()
     again = cz.DynamicalCausalVAE.from_arrays(**kwargs).fit(
-        max_steps=120, batch_size=32, learning_rate=1e-2, progress=False)
+        max_steps=60, batch_size=32, learning_rate=1e-2, progress=False)
     np.testing.assert_array_equal(again.history["loss"], loss)
     z = m.get_latent_representation()
     assert z.shape == (N, T, K)
