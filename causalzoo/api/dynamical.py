@@ -412,8 +412,9 @@ class DynamicalCausalVAE(FittedState):
         Parameters
         ----------
         x : array_like (n_units, n_steps, n_features), optional
-            Sequences to embed (default: the training data). The encoder is per step, so
-            any number of units works; the number of steps must be the training one.
+            Sequences to embed (default: the training data). Units are encoded one by one
+            (with ``encoder="recurrent"`` each from its whole sequence), so any number of
+            units works; the number of steps must be the training one.
         block : {"dynamic", "invariant"}
             ``"dynamic"``: ``z_t``, shape ``(n_units, n_steps, n_latent)``;
             ``"invariant"``: ``z_inv``, shape ``(n_units, n_latent_invariant)``.
