@@ -31,8 +31,8 @@ is rewritten beside it as ``published_sizes_<device>.md`` after every fit.
 ``--table-only`` rewrites the table from the records, ``--quick`` runs every setting at a
 toy size (into ``--out``, as ``published_sizes_<device>_quick``; a smoke test, not a result).
 
-Run: ``python benchmarks/published_sizes.py`` (every setting, seeds 0 1 2; hours on 2 CPU
-cores: LEAP's fits take 6-8 minutes each there), ``--rows tdrl caring --seeds 0``.
+Run: ``python benchmarks/published_sizes.py`` (every setting, seeds 0 1 2, 16 fits; about 90
+minutes on 2 CPU cores, 2-7 minutes per fit), ``--rows tdrl caring --seeds 0``.
 """
 
 from __future__ import annotations
